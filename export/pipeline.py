@@ -1,0 +1,169 @@
+"""The export, step by step: load -> ONNX -> fuse -> variants -> validate -> manifest, built aside and swapped in."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tokenizers import Tokenizer
+
+from export import onnx_export, optimize
+from export.manifest import (
+    FORMAT_VERSION,
+    io_spec,
+    is_up_to_date,
+    library_versions,
+    sha256_file,
+    write_manifest,
+)
+from export.validate import Batch, ValidationError, make_batches, validate
+from export.validation_corpus import SENTENCES
+from model import LoadedCheckpoint, load_checkpoint
+
+log = logging.getLogger(__name__)
+
+_SOURCE_FILES = ("config.json", "tokenizer.json", "modules.json", "sentence_bert_config.json",
+                 "1_Pooling/config.json", "model.safetensors", "pytorch_model.bin")
+_CODE_DIRS = (Path(__file__).parent, Path(__file__).parent.parent / "model")
+GRAPH_FILES = {"fp32": "model.onnx", "attention": "model_attention.onnx", "int8": "model_int8.onnx",
+               "fp16": "model_fp16.onnx"}
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    model_dir: Path
+    out_dir: Path
+    model_name: str
+    force: bool = False
+    variants: bool = True  # int8 and fp16 too
+    int8_min_cosine: float = 0.99
+
+
+def inputs_fingerprint(options: ExportOptions) -> str:
+    """Hash of everything that decides the artifacts: source files, our code, library versions, options."""
+    digest = hashlib.sha256()
+    for rel in _SOURCE_FILES:
+        path = options.model_dir / rel
+        if path.is_file():
+            digest.update(f"{rel}:{sha256_file(path)}\n".encode())
+    for code_dir in _CODE_DIRS:
+        for path in sorted(code_dir.glob("*.py")):
+            digest.update(f"{path.name}:{sha256_file(path)}\n".encode())
+    versions = library_versions()
+    versions.pop("python", None)
+    digest.update(repr(sorted(versions.items())).encode())
+    digest.update(f"{options.model_name}|{options.variants}|{options.int8_min_cosine}".encode())
+    return digest.hexdigest()
+
+
+def _write_tokenizer(checkpoint: LoadedCheckpoint, path: Path) -> Tokenizer:
+    """Copy the tokenizer with truncation and padding switched off: the service owns both policies, and the
+    embedded MiniLM file silently truncates and pads at 128 while the model allows 256."""
+    tokenizer = Tokenizer.from_file(str(checkpoint.tokenizer_file))
+    tokenizer.no_truncation()
+    tokenizer.no_padding()
+    tokenizer.save(str(path), pretty=True)
+    return tokenizer
+
+
+def _special_tokens(tokenizer: Tokenizer) -> dict[str, int]:
+    names = {"cls": "[CLS]", "sep": "[SEP]", "pad": "[PAD]", "unk": "[UNK]", "mask": "[MASK]"}
+    found = {key: tokenizer.token_to_id(tok) for key, tok in names.items()}
+    return {key: value for key, value in found.items() if value is not None}
+
+
+def _latency_batch(vocab_size: int) -> Batch:
+    """8 rows x 64 tokens: a mid-size batch typical of served traffic, the same for every graph."""
+    rng = np.random.default_rng(0)
+    ids = rng.integers(1000 % vocab_size, vocab_size, size=(8, 64), dtype=np.int64)
+    return Batch(ids, np.ones_like(ids), np.zeros_like(ids))
+
+
+def _graph_entry(name: str, hidden: int, report_parity: dict[str, Any], latency: dict[str, float],
+                 out_dir: Path) -> dict[str, Any]:
+    outputs = [io_spec("last_hidden_state", "float32", ["batch_size", "sequence_length", hidden]),
+               io_spec("sentence_embedding", "float32", ["batch_size", hidden])]
+    if name == "attention":
+        outputs.append(io_spec("attentions", "float32",
+                               ["num_layers", "batch_size", "num_heads", "sequence_length", "sequence_length"]))
+    providers = {"fp16": ["CUDAExecutionProvider"], "int8": ["CPUExecutionProvider"]}.get(
+        name, ["CPUExecutionProvider", "CUDAExecutionProvider"])
+    entry: dict[str, Any] = {
+        "file": GRAPH_FILES[name],
+        "outputs": outputs,
+        "providers": providers,
+        "default": name == "fp32",
+        "size_bytes": (out_dir / GRAPH_FILES[name]).stat().st_size,
+        "parity": report_parity.get(name, {"note": "validated on CUDA only"}),
+    }
+    if name in latency:
+        entry["latency_ms"] = {"batch": 8, "sequence_length": 64, "provider": "CPUExecutionProvider",
+                               "median": latency[name]}
+    return entry
+
+
+def run_export(options: ExportOptions) -> Path:
+    """Export, or return at once if the artifacts already match the inputs. Returns the artifact directory."""
+    fingerprint = inputs_fingerprint(options)
+    if not options.force and is_up_to_date(options.out_dir, fingerprint):
+        log.info("%s is up to date (inputs %s…); nothing to do", options.out_dir, fingerprint[:12])
+        return options.out_dir
+    checkpoint = load_checkpoint(options.model_dir)
+    config = checkpoint.config
+    options.out_dir.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=options.out_dir.parent, prefix=f".{options.out_dir.name}.") as tmp:
+        work = Path(tmp)
+        build = work / "build"
+        build.mkdir()
+        tokenizer = _write_tokenizer(checkpoint, build / "tokenizer.json")
+        raw = work / "raw.onnx"
+        onnx_export.export_graph(checkpoint.encoder, raw, with_attentions=False)
+        onnx_export.export_graph(checkpoint.encoder, build / GRAPH_FILES["attention"], with_attentions=True)
+        fused_ops = optimize.fuse(raw, build / GRAPH_FILES["fp32"], config)
+        graphs = {"fp32": build / GRAPH_FILES["fp32"], "attention": build / GRAPH_FILES["attention"]}
+        if options.variants:
+            optimize.to_int8(build / GRAPH_FILES["fp32"], build / GRAPH_FILES["int8"])
+            optimize.to_fp16(build / GRAPH_FILES["fp32"], build / GRAPH_FILES["fp16"], config)
+            graphs["int8"] = build / GRAPH_FILES["int8"]
+            graphs["fp16"] = build / GRAPH_FILES["fp16"]
+        max_len = checkpoint.pooling.max_seq_length
+        batches = make_batches(tokenizer, SENTENCES, max_len, sizes=(5, 4, 7))
+        report = validate(checkpoint.encoder, graphs, batches, _latency_batch(config.vocab_size))
+        int8 = report.parity.get("int8", {})
+        report.failures = [f for f in report.failures if not f.startswith("int8")]
+        if int8 and int8["mean_cosine_vs_fp32"] < options.int8_min_cosine:
+            report.failures.append(f"int8: mean cosine {int8['mean_cosine_vs_fp32']:.4f} < {options.int8_min_cosine}")
+        if report.failures:
+            raise ValidationError("; ".join(report.failures))
+        manifest: dict[str, Any] = {
+            "format_version": FORMAT_VERSION,
+            "model_name": options.model_name,
+            "source": {"path": str(options.model_dir), "weights_file": checkpoint.weights_file.name,
+                       "weights_sha256": sha256_file(checkpoint.weights_file)},
+            "config": config.to_dict(),
+            "embedding_dim": config.hidden_size,
+            "pooling": checkpoint.pooling.mode,
+            "normalize": checkpoint.pooling.normalize,
+            "max_seq_length": max_len,
+            "opset": onnx_export.OPSET,
+            "inputs": [io_spec(n, "int64", ["batch_size", "sequence_length"]) for n in onnx_export.INPUT_NAMES],
+            "graphs": {name: _graph_entry(name, config.hidden_size, report.parity, report.latency_ms, build)
+                       for name in graphs},
+            "fused_operators": fused_ops,
+            "special_tokens": _special_tokens(tokenizer),
+            "versions": library_versions(),
+            "export": {"inputs_sha256": fingerprint, "created_by": "python -m export",
+                       "validation_sentences": len(SENTENCES)},
+        }
+        write_manifest(build, manifest)
+        if options.out_dir.exists():
+            shutil.rmtree(options.out_dir)
+        build.rename(options.out_dir)
+    log.info("wrote %s (%s)", options.out_dir, ", ".join(sorted(graphs)))
+    return options.out_dir

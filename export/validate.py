@@ -1,0 +1,142 @@
+"""Check each exported graph against the PyTorch encoder at shapes unlike the export's; collect every mismatch.
+
+"Export succeeded" is not "export correct": a traced shape or a fused op can be wrong only for other shapes.
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import torch
+from tokenizers import Tokenizer
+
+from model import Encoder
+
+log = logging.getLogger(__name__)
+
+FP32_TOLERANCE = 1e-4  # fused kernels reorder sums; 1e-4 absolute on unit-scale activations
+ATTENTION_TOLERANCE = 1e-5  # the attention graph is unfused and must match probabilities closely
+INT8_MIN_MEAN_COSINE = 0.99
+
+
+class ValidationError(RuntimeError):
+    """One or more graphs disagree with PyTorch beyond tolerance; the message lists every failure."""
+
+
+@dataclass
+class Batch:
+    input_ids: np.ndarray
+    attention_mask: np.ndarray
+    token_type_ids: np.ndarray
+
+    def feeds(self) -> dict[str, np.ndarray]:
+        return {"input_ids": self.input_ids, "attention_mask": self.attention_mask,
+                "token_type_ids": self.token_type_ids}
+
+    def torch(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return (torch.from_numpy(self.input_ids), torch.from_numpy(self.attention_mask),
+                torch.from_numpy(self.token_type_ids))
+
+
+def make_batches(tokenizer: Tokenizer, sentences: tuple[str, ...], max_len: int, sizes: tuple[int, ...]) -> list[Batch]:
+    """Split sentences into batches of the given sizes, padded to each batch's longest row."""
+    tok = Tokenizer.from_str(tokenizer.to_str())
+    tok.enable_truncation(max_len)
+    batches, start = [], 0
+    for size in sizes:
+        chunk = sentences[start:start + size] or sentences[:size]
+        start += size
+        encodings = tok.encode_batch(list(chunk))
+        width = max(len(e.ids) for e in encodings)
+        ids = np.zeros((len(chunk), width), dtype=np.int64)
+        mask = np.zeros_like(ids)
+        for row, enc in enumerate(encodings):
+            ids[row, : len(enc.ids)] = enc.ids
+            mask[row, : len(enc.ids)] = 1
+        batches.append(Batch(ids, mask, np.zeros_like(ids)))
+    return batches
+
+
+def cpu_session(path: Path) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def median_latency_ms(session: ort.InferenceSession, batch: Batch, repeats: int = 7) -> float:
+    session.run(None, batch.feeds())  # warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        session.run(None, batch.feeds())
+        times.append((time.perf_counter() - start) * 1000)
+    return round(statistics.median(times), 3)
+
+
+@dataclass
+class Report:
+    """Parity figures per graph, and every failure found."""
+
+    parity: dict[str, dict[str, float]] = field(default_factory=dict)
+    latency_ms: dict[str, float] = field(default_factory=dict)
+    failures: list[str] = field(default_factory=list)
+
+
+def _masked_max_abs(a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> float:
+    """Max |a-b| over real tokens only: hidden states at padding positions are unused garbage."""
+    real = mask.astype(bool)
+    return float(np.abs(a[real] - b[real]).max())
+
+
+def validate(encoder: Encoder, graphs: dict[str, Path], batches: list[Batch], latency_batch: Batch) -> Report:
+    """Compare every graph with the PyTorch encoder; record the figures; raise nothing (callers decide)."""
+    report = Report()
+    with torch.no_grad():
+        expected = [encoder(*b.torch()) for b in batches]
+    fp32_vectors: list[np.ndarray] = []
+    for name, path in graphs.items():
+        session = cpu_session(path) if name != "fp16" else None
+        if session is None:
+            continue  # fp16 is validated on CUDA only (CPU kernels for fp16 Attention are incomplete)
+        worst_hidden = worst_sentence = worst_attention = 0.0
+        cosines: list[float] = []
+        for batch, ref in zip(batches, expected, strict=True):
+            outputs = dict(zip([o.name for o in session.get_outputs()], session.run(None, batch.feeds()), strict=True))
+            hidden, sentence = outputs["last_hidden_state"], outputs["sentence_embedding"]
+            worst_hidden = max(worst_hidden, _masked_max_abs(hidden, ref.last_hidden_state.numpy(), batch.attention_mask))
+            worst_sentence = max(worst_sentence, float(np.abs(sentence - ref.sentence_embedding.numpy()).max()))
+            if "attentions" in outputs:
+                # Compare rows of real query tokens; padded keys must carry zero probability in both.
+                real_rows = batch.attention_mask.astype(bool)
+                got = outputs["attentions"].transpose(1, 3, 0, 2, 4)[real_rows]  # (N real queries, L, H, T)
+                want = ref.attentions.numpy().transpose(1, 3, 0, 2, 4)[real_rows]
+                worst_attention = max(worst_attention, float(np.abs(got - want).max()))
+            if name == "fp32":
+                fp32_vectors.append(sentence)
+            if name == "int8":
+                reference = ref.sentence_embedding.numpy()
+                num = (sentence * reference).sum(axis=1)
+                den = np.linalg.norm(sentence, axis=1) * np.linalg.norm(reference, axis=1)
+                cosines.extend((num / den).tolist())
+        figures: dict[str, float] = {"max_abs_diff_hidden_vs_torch": worst_hidden,
+                                     "max_abs_diff_sentence_vs_torch": worst_sentence}
+        if name == "attention":
+            figures["max_abs_diff_attentions_vs_torch"] = worst_attention
+            if worst_attention > ATTENTION_TOLERANCE:
+                report.failures.append(f"attention: probabilities differ by {worst_attention:.2e} > {ATTENTION_TOLERANCE}")
+        if name in ("fp32", "attention") and max(worst_hidden, worst_sentence) > FP32_TOLERANCE:
+            report.failures.append(f"{name}: max abs diff {max(worst_hidden, worst_sentence):.2e} > {FP32_TOLERANCE}")
+        if name == "int8":
+            figures = {"mean_cosine_vs_fp32": float(np.mean(cosines)), "min_cosine_vs_fp32": float(np.min(cosines))}
+            if figures["mean_cosine_vs_fp32"] < INT8_MIN_MEAN_COSINE:
+                report.failures.append(f"int8: mean cosine {figures['mean_cosine_vs_fp32']:.4f} < {INT8_MIN_MEAN_COSINE}")
+        report.parity[name] = figures
+        report.latency_ms[name] = median_latency_ms(session, latency_batch)
+        log.info("validated %s: %s, %.1f ms", name, figures, report.latency_ms[name])
+    return report
