@@ -1,0 +1,105 @@
+"""The error table and body parsing: each error type has one status; parsing never raises anything but 400."""
+
+from __future__ import annotations
+
+import pytest
+
+from service.api.errors import (
+    AuthenticationError,
+    InvalidJSONError,
+    UnsupportedMediaTypeError,
+    param_from_loc,
+    service_error_response,
+    status_for,
+    validation_error_from,
+)
+from service.api.jsonio import parse_json
+from service.errors import (
+    ArtifactError,
+    AttentionBudgetError,
+    InferenceError,
+    InvalidRequestError,
+    ModelNotFoundError,
+    PayloadTooLargeError,
+    QueueFullError,
+    QueueTimeoutError,
+    ServiceError,
+    UnavailableError,
+)
+
+
+@pytest.mark.parametrize(
+    ("exc", "status"),
+    [
+        (InvalidJSONError("x"), 400),
+        (AuthenticationError("x"), 401),
+        (ModelNotFoundError("x"), 404),
+        (PayloadTooLargeError("x"), 413),
+        (UnsupportedMediaTypeError("x"), 415),
+        (InvalidRequestError("x"), 422),
+        (AttentionBudgetError("x"), 422),
+        (QueueFullError("x"), 429),
+        (QueueTimeoutError("x"), 503),
+        (UnavailableError("x"), 503),
+        (InferenceError(), 500),
+        (ArtifactError("x"), 500),
+        (ServiceError("x"), 500),
+    ],
+)
+def test_error_table(exc: ServiceError, status: int) -> None:
+    assert status_for(exc)[0] == status
+
+
+def test_overload_replies_carry_retry_after() -> None:
+    response = service_error_response(QueueFullError("full", retry_after_s=7))
+    assert response.status_code == 429 and response.headers["retry-after"] == "7"
+    assert service_error_response(UnavailableError("draining")).headers["retry-after"] == "1"
+
+
+def test_internal_errors_never_leak_their_message() -> None:
+    response = service_error_response(InferenceError("CUDA error at /src/secret/path.cu:42"))
+    assert response.status_code == 500
+    assert b"secret" not in response.body and b"inference failed" in response.body
+
+
+def test_auth_error_asks_for_bearer() -> None:
+    response = service_error_response(AuthenticationError("no key"))
+    assert response.status_code == 401 and response.headers["www-authenticate"] == "Bearer"
+
+
+@pytest.mark.parametrize(
+    ("loc", "param"),
+    [
+        (("body", "input", "list[str]", 3), "input[3]"),
+        (("attention", "layers", "list[int]", 0), "attention.layers[0]"),
+        (("inputs", "str"), "inputs"),
+        ((), None),
+    ],
+)
+def test_param_from_loc(loc: tuple[object, ...], param: str | None) -> None:
+    assert param_from_loc(loc) == param
+
+
+def test_validation_error_never_echoes_the_input() -> None:
+    err = validation_error_from(
+        [{"type": "string_type", "loc": ("inputs", "list[str]", 1), "msg": "Input should be a valid string",
+          "input": "SECRET-INPUT"}]
+    )
+    assert err.param == "inputs[1]" and "SECRET" not in err.message
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"", b"{", b'{"inputs": [', b'{"inputs":["\xff"]}', b"[" * 200_000, b'{"a": 1} trailing', b"\xef\xbb"],
+)
+def test_bad_bodies_are_invalid_json(body: bytes) -> None:
+    with pytest.raises(InvalidJSONError):
+        parse_json(body)
+
+
+def test_lone_surrogate_escape_parses_so_it_can_be_a_422() -> None:
+    assert parse_json(b'{"inputs": "a\\ud800b"}') == {"inputs": "a\ud800b"}
+
+
+def test_duplicate_keys_keep_the_last() -> None:
+    assert parse_json(b'{"inputs": "a", "inputs": "b"}') == {"inputs": "b"}

@@ -1,0 +1,94 @@
+"""Tokenizer policy: truncation is flagged or refused (never silent), the char cap applies before tokenizing,
+text without content is refused, lone surrogates are refused without echoing, offsets point into the text."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from service.errors import InvalidRequestError
+from service.tokenizer import TextTokenizer, TruncationPolicy
+from tests.tiny_checkpoint import minilm_dir
+
+MAX_LEN = 10
+MAX_CHARS = 200
+
+
+@pytest.fixture(scope="module")
+def tok() -> TextTokenizer:
+    return TextTokenizer(Path(minilm_dir()) / "tokenizer.json", max_length=MAX_LEN, max_chars=MAX_CHARS)
+
+
+def test_short_text_is_not_truncated(tok: TextTokenizer) -> None:
+    (enc,) = tok.encode_batch(["hello world"], TruncationPolicy())
+    assert not enc.truncated
+    assert enc.token_count == enc.original_token_count == len(enc.ids) == 4
+    assert [t.special for t in enc.tokens] == [True, False, False, True]
+    assert [(t.start, t.end) for t in enc.tokens[1:3]] == [(0, 5), (6, 11)]
+
+
+@pytest.mark.parametrize("direction", ["right", "left"])
+def test_long_text_is_truncated_and_flagged(tok: TextTokenizer, direction: str) -> None:
+    words = " ".join(f"w{i}" for i in range(40))
+    (enc,) = tok.encode_batch([words], TruncationPolicy(truncate=True, direction=direction))  # type: ignore[arg-type]
+    assert enc.truncated
+    assert enc.token_count == MAX_LEN and enc.original_token_count > MAX_LEN
+    # The cut never removes the special tokens at the ends.
+    assert enc.tokens[0].text == "[CLS]" and enc.tokens[-1].text == "[SEP]"
+    kept_first = enc.tokens[1].start
+    assert (kept_first == 0) == (direction == "right")
+
+
+def test_truncation_off_refuses_with_index_and_count(tok: TextTokenizer) -> None:
+    long = " ".join(["word"] * 30)
+    with pytest.raises(InvalidRequestError) as info:
+        tok.encode_batch(["fine", long], TruncationPolicy(truncate=False))
+    assert info.value.param == "input[1]"
+    assert "32 tokens" in info.value.message and f"max {MAX_LEN}" in info.value.message
+
+
+def test_char_cap_applies_before_tokenizing(tok: TextTokenizer) -> None:
+    huge = "a" * (MAX_CHARS * 50)
+    (enc,) = tok.encode_batch([huge], TruncationPolicy())
+    assert enc.truncated and enc.char_count == MAX_CHARS
+    with pytest.raises(InvalidRequestError, match=f"characters, max {MAX_CHARS}"):
+        tok.encode_batch([huge], TruncationPolicy(truncate=False))
+
+
+@pytest.mark.parametrize("text", ["", "   \n\t\u3000", "\u200b\u200b", "\u200f"])
+def test_text_without_content_is_refused(tok: TextTokenizer, text: str) -> None:
+    with pytest.raises(InvalidRequestError) as info:
+        tok.encode_batch(["ok", text], TruncationPolicy())
+    assert info.value.code == "empty_input" and info.value.param == "input[1]"
+
+
+@pytest.mark.parametrize("text", ["\ud800", "a\udc80b"])
+def test_lone_surrogate_is_refused_without_echo(tok: TextTokenizer, text: str) -> None:
+    with pytest.raises(InvalidRequestError) as info:
+        tok.encode_batch([text], TruncationPolicy())
+    assert info.value.code == "invalid_text"
+    assert text not in info.value.message
+
+
+@pytest.mark.parametrize("text", ["\x00", "\u202e abc", "[CLS] [SEP] [PAD] [MASK]", "👩‍👩‍👧 🙂", "日本語 한국어 عربى"])
+def test_odd_but_valid_text_is_deterministic(tok: TextTokenizer, text: str) -> None:
+    a = tok.encode_batch([text + " x"], TruncationPolicy())[0]
+    b = tok.encode_batch([text + " x"], TruncationPolicy())[0]
+    assert list(a.ids) == list(b.ids) and a.ids.dtype.name == "int64"
+
+
+def test_token_ids_are_checked_and_truncated(tok: TextTokenizer) -> None:
+    (enc,) = tok.encode_ids([[101] + [7592] * 20 + [102]], TruncationPolicy())
+    assert enc.truncated and enc.token_count == MAX_LEN
+    with pytest.raises(InvalidRequestError, match="outside"):
+        tok.encode_ids([[101, 10**9]], TruncationPolicy())
+    with pytest.raises(InvalidRequestError, match="tokens, max"):
+        tok.encode_ids([[7592] * 20], TruncationPolicy(truncate=False))
+
+
+def test_tokenize_mode_ignores_window_and_allows_empty(tok: TextTokenizer) -> None:
+    long = " ".join(["word"] * 30)
+    enc, empty = tok.encode_batch([long, "  "], TruncationPolicy(False), enforce_window=False, allow_empty=True)
+    assert enc.token_count == 32 and not enc.truncated
+    assert [t.text for t in empty.tokens] == ["[CLS]", "[SEP]"]
