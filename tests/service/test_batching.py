@@ -313,6 +313,26 @@ def test_burst_within_window_forms_one_batch() -> None:
     assert [len(c.rows) for c in runner.executes()] == [5]
 
 
+def test_items_arriving_during_a_forward_pass_share_the_next_batch() -> None:
+    runner = FakeRunner(execute_delay_s=0.06)
+    rows = [tokens(i, 8) for i in range(1, 6)]
+
+    async def main() -> None:
+        async with started(runner, max_batch_size=8, max_wait_ms=0) as b:
+            first = asyncio.create_task(embed(b, [tokens(0, 8)]))
+            await asyncio.to_thread(runner.entered.wait, 2)
+            tasks = []
+            for row in rows:  # each one's window (0 ms) is long over when the inference thread frees up
+                tasks.append(asyncio.create_task(embed(b, [row])))
+                await asyncio.sleep(0.005)
+            assert_results(await first, [tokens(0, 8)])
+            for task, row in zip(tasks, rows, strict=True):
+                assert_results(await task, [row])
+
+    run(main)
+    assert [len(c.rows) for c in runner.executes()] == [1, 5]
+
+
 # 4. inference off the loop, one inference thread, prepare of N+1 overlapping execute of N
 
 
@@ -590,6 +610,27 @@ def test_base_exception_from_runner_kills_loop_loudly_not_silently() -> None:
 
     run(main)
     assert runner.executes() == []
+
+
+def test_base_exception_from_execute_answers_the_batch_and_turns_unhealthy() -> None:
+    class WeirdRunner(FakeRunner):
+        def execute(self, prepared: Prepared) -> list[Any]:
+            super().execute(prepared)
+            raise WeirdError("weird")
+
+    runner = WeirdRunner()
+
+    async def main() -> None:
+        async with started(runner, max_wait_ms=0) as b:
+            outcomes = await embed(b, [tokens(0, 3), tokens(1, 3)])
+            assert all(isinstance(o.error, InferenceError) for o in outcomes)
+            assert not b.healthy
+            with pytest.raises(UnavailableError):
+                b.try_admit(1)
+            assert b.queue_depth == 0
+
+    run(main)
+    assert len(runner.executes()) == 1  # no row-by-row retry of something that is not an ordinary error
 
 
 # 10. results map back to the right item and request

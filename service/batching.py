@@ -1,0 +1,660 @@
+"""Dynamic batching: group inputs from concurrent requests into padded batches, run them off the event loop.
+
+Why it looks the way it does:
+
+* Admission before work. `try_admit` reserves queue slots in O(1) *before* the route tokenizes anything, so
+  an overloaded server sheds load with a cheap 429 instead of tokenizing text it will never compute (TEI's
+  `try_acquire_permit`). Slots are released one by one as items settle (result, error, timeout, cancel).
+* Length-aware, fair batches. The oldest waiting item anchors every batch (no starvation); the batch then
+  grows with the same-graph pending items whose lengths add the least padding, within `max_batch_size` rows
+  and `max_batch_tokens` padded tokens (rows x longest row). An item longer than the budget runs alone.
+* A short wait window. A batch forms once its anchor has waited `max_wait_ms` or a full batch is pending, so
+  a lone request is delayed by at most the window and a burst lands in one batch.
+* Two threads, one lookahead. `runner.prepare` (padding) runs in a worker thread while the previous batch's
+  `runner.execute` runs on the single inference thread, so under load the model never waits on padding and
+  the event loop only does bookkeeping. A batch that is not full is formed only once the inference thread is
+  free, so items arriving during a forward pass can still join it instead of trailing in a tiny batch.
+* Every waiting item gets an answer. Queue deadlines are timers, not checks made when a batch forms, so items
+  stuck behind a hung forward pass still get `QueueTimeoutError` on time. A failed batch is re-run row by row
+  so only the poison input gets `InferenceError`. If the loop itself dies, everything queued is answered with
+  `UnavailableError` and `healthy` turns False: a worker that logs and dies must not leave requests hanging.
+
+`submit` never raises for per-item problems: it returns one `ItemOutcome` per item, in input order, whose
+`error` is None (result present), `QueueTimeoutError`, `InferenceError` or `UnavailableError`; the route
+decides the request's status from them. Call every method from the event loop thread that called `start`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import math
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from service.errors import InferenceError, QueueFullError, QueueTimeoutError, ServiceError, UnavailableError
+
+logger = logging.getLogger(__name__)
+
+
+class BatchRunner(Protocol):
+    """The synchronous model runner (onnxruntime in `service/runner.py`; a fake in tests)."""
+
+    def prepare(self, graph: str, rows: Sequence[np.ndarray]) -> Any:
+        """Pad rows (1-D int64 token ids, special tokens included) into feeds. Runs in a worker thread."""
+        ...
+
+    def execute(self, prepared: Any) -> list[Any]:
+        """Run the forward pass; one result per row, in row order. Runs on the single inference thread."""
+        ...
+
+
+class BatchObserver(Protocol):
+    """Metrics hook (prometheus in the service). Called on the event loop thread; must be cheap.
+
+    `on_batch` fires once per batch that reached the inference thread, with its whole compute time (row-by-row
+    retries after a failure included); `on_failure` counts the items of it answered `InferenceError`. An
+    observer that raises is logged and otherwise ignored.
+    """
+
+    def on_batch(self, graph: str, rows: int, padded_tokens: int, real_tokens: int, execute_s: float) -> None: ...
+    def on_queue_depth(self, depth: int) -> None: ...
+    def on_cancelled(self, n_items: int) -> None: ...
+    def on_timed_out(self, n_items: int) -> None: ...
+    def on_failure(self, n_items: int) -> None: ...
+
+
+@dataclass(frozen=True)
+class BatchItem:
+    token_ids: np.ndarray  # 1-D int64
+    graph: str = "embed"  # batches never mix graphs
+
+
+@dataclass(frozen=True)
+class BatcherConfig:
+    max_batch_size: int = 64
+    max_batch_tokens: int = 16384  # rows × longest row, padding counted
+    max_wait_ms: float = 2.0
+    max_queue_size: int = 2048  # admitted inputs not yet settled
+    queue_timeout_s: float = 10.0
+    watchdog_timeout_s: float = 30.0
+
+    def __post_init__(self) -> None:
+        if self.max_batch_size < 1 or self.max_batch_tokens < 1 or self.max_queue_size < 1:
+            raise ValueError("max_batch_size, max_batch_tokens and max_queue_size must be >= 1")
+        if self.max_wait_ms < 0 or self.queue_timeout_s <= 0 or self.watchdog_timeout_s <= 0:
+            raise ValueError("max_wait_ms must be >= 0; queue_timeout_s and watchdog_timeout_s must be > 0")
+
+
+@dataclass(frozen=True)
+class ItemOutcome:
+    result: Any | None  # the runner's row result; None when error is set
+    error: ServiceError | None  # QueueTimeoutError | InferenceError | UnavailableError
+    queue_ms: float  # enqueue -> start of its batch's compute (or -> when it was answered without compute)
+    inference_ms: float  # its batch's compute time (0 when never computed)
+    batch_size: int  # rows of the batch it ran in (0 when never computed)
+    batch_tokens: int  # padded tokens of that batch
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+@dataclass(frozen=True)
+class BatcherHealth:
+    ok: bool
+    reason: str | None  # why not ok; None when ok
+    accepting: bool  # try_admit would not raise UnavailableError
+    queue_depth: int
+    in_flight_batches: int
+    seconds_since_progress: float
+
+
+@dataclass(eq=False)
+class Admission:
+    """A reservation of `n_items` queue slots from `Batcher.try_admit`.
+
+    `submit` consumes it (unused slots are freed there). If the request fails before submitting (bad input,
+    tokenizer error), call `release()`, or use it as a context manager: ``with batcher.try_admit(n) as a:``.
+    """
+
+    n_items: int
+    _batcher: Batcher = field(repr=False)
+    _held: int = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._held = self.n_items
+
+    @property
+    def held(self) -> int:
+        return self._held
+
+    def _take(self, n: int) -> None:
+        if n > self._held:
+            raise ValueError(f"submitting {n} items on an admission holding {self._held} slots")
+        self._held -= n
+
+    def release(self) -> None:
+        """Give back the slots not (yet) handed to `submit`; idempotent."""
+        held, self._held = self._held, 0
+        if held:
+            self._batcher._release(held)
+
+    def __enter__(self) -> Admission:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.release()
+
+
+class _State(enum.Enum):
+    PENDING = "pending"  # in the queue
+    BATCHED = "batched"  # taken into a batch (being prepared / waiting for the inference thread)
+    STARTED = "started"  # its batch is computing: too late to drop it
+    DONE = "done"  # answered or dropped; its slot is free
+
+
+@dataclass(eq=False)
+class _Request:
+    outcomes: list[ItemOutcome | None]
+    remaining: int
+    done: asyncio.Future[None]
+    items: list[_Item] = field(default_factory=list)
+    timer: asyncio.TimerHandle | None = None
+
+
+@dataclass(eq=False)
+class _Item:
+    seq: int  # global arrival order; the oldest pending item anchors the next batch
+    request: _Request
+    index: int
+    token_ids: np.ndarray
+    graph: str
+    enqueued_at: float
+    state: _State = _State.PENDING
+
+    @property
+    def length(self) -> int:
+        return len(self.token_ids)
+
+
+@dataclass(eq=False)
+class _Batch:
+    graph: str
+    items: list[_Item]
+
+
+@dataclass
+class _Computed:
+    results: list[Any]
+    failed: list[bool]
+    execute_s: float
+
+
+_PREPARE_FAILED = object()  # sentinel: batch prepare raised; compute goes straight to row-by-row isolation
+
+
+class Batcher:
+    """Length-aware dynamic batcher over a synchronous `BatchRunner`. See the module docstring."""
+
+    def __init__(self, runner: BatchRunner, config: BatcherConfig, observer: BatchObserver | None = None):
+        self._runner = runner
+        self._cfg = config
+        self._observer = observer
+        self._pending: dict[int, _Item] = {}  # insertion order == arrival order
+        self._pending_tokens = 0
+        self._live: set[_Request] = set()  # submitted and not fully settled
+        self._seq = 0
+        self._reserved = 0  # queue_depth: admitted slots not yet settled
+        self._unsettled = 0  # submitted items not yet settled (admissions being tokenized excluded)
+        self._in_flight = 0  # batches formed and not finished
+        self._executing = 0  # batches on the inference thread
+        self._last_progress = time.monotonic()
+        self._items_per_s = 0.0  # smoothed throughput, for Retry-After
+        self._started = self._stopping = self._closed = False
+        self._dead_reason: str | None = None
+        self._loop_task: asyncio.Task[None] | None = None
+        self._batch_tasks: set[asyncio.Task[None]] = set()
+        self._prepare_pool: ThreadPoolExecutor | None = None
+        self._infer_pool: ThreadPoolExecutor | None = None
+
+    # ---- lifecycle
+
+    async def start(self) -> None:
+        if self._started:
+            raise RuntimeError("Batcher.start() called twice")
+        self._started = True
+        self._wakeup = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._slot = asyncio.Semaphore(1)  # one batch on the inference thread at a time
+        self._prepare_pool = ThreadPoolExecutor(1, thread_name_prefix="batch-prepare")
+        self._infer_pool = ThreadPoolExecutor(1, thread_name_prefix="batch-infer")
+        self._last_progress = time.monotonic()
+        self._loop_task = asyncio.create_task(self._run(), name="batcher-loop")
+        self._loop_task.add_done_callback(self._on_loop_done)
+
+    async def stop(self, timeout_s: float | None = None) -> None:
+        """Stop admitting, let everything already admitted finish, then end the loop and threads.
+
+        Admissions not yet submitted are waited for too (their request is still tokenizing). After `timeout_s`
+        whatever is left is answered `UnavailableError` and any wedged batch is abandoned.
+        """
+        self._stopping = True
+        if self._loop_task is None or self._closed:
+            self._closed = True
+            return
+        timed_out = False
+        try:
+            async with asyncio.timeout(timeout_s):
+                await self._idle.wait()
+        except TimeoutError:
+            timed_out = True
+            logger.error("batcher drain timed out after %ss; failing %d queued items", timeout_s, self._unsettled)
+            self._fail_unstarted(UnavailableError("the server is shutting down"))
+        self._closed = True
+        self._wakeup.set()
+        if timed_out:
+            self._loop_task.cancel()
+        # Every item is settled now, so a batch task still running can only be wedged on the inference thread.
+        await self._cancel_batch_tasks()
+        await asyncio.gather(self._loop_task, return_exceptions=True)
+        await self._cancel_batch_tasks()  # one the loop may have started meanwhile (its items are all gone)
+        for pool in (self._prepare_pool, self._infer_pool):
+            if pool is not None:
+                pool.shutdown(wait=False, cancel_futures=True)
+
+    async def _cancel_batch_tasks(self) -> None:
+        while tasks := list(self._batch_tasks):
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    # ---- admission and submission
+
+    def try_admit(self, n_items: int) -> Admission:
+        """Reserve `n_items` queue slots, or raise at once: QueueFullError (429) or UnavailableError (503)."""
+        if n_items < 1:
+            raise ValueError("n_items must be >= 1")
+        if not self.accepting:
+            raise UnavailableError(self._unavailable_reason() or "the batcher is not accepting work")
+        if self._reserved + n_items > self._cfg.max_queue_size:
+            raise QueueFullError("the server is at capacity; retry later", retry_after_s=self._retry_after_s())
+        self._reserved += n_items
+        self._idle.clear()
+        self._notify("on_queue_depth", self._reserved)
+        return Admission(n_items, self)
+
+    async def submit(self, admission: Admission, items: Sequence[BatchItem]) -> list[ItemOutcome]:
+        """Queue `items` under `admission` and wait for all of them; outcomes come back in input order.
+
+        If the awaiting task is cancelled (client went away), items not yet computing are dropped and their
+        slots freed; items already in a running batch finish and their results are discarded.
+        """
+        if admission._batcher is not self:
+            raise ValueError("admission belongs to another batcher")
+        try:
+            rows = [np.ascontiguousarray(item.token_ids, dtype=np.int64) for item in items]
+            if any(row.ndim != 1 or row.size == 0 for row in rows):
+                raise ValueError("token_ids must be non-empty 1-D arrays")
+            admission._take(len(items))
+        except BaseException:
+            admission.release()
+            raise
+        admission.release()  # slots reserved for inputs that were not submitted after all
+        if not items:
+            return []
+        loop = asyncio.get_running_loop()
+        now = time.monotonic()
+        request = _Request(outcomes=[None] * len(items), remaining=len(items), done=loop.create_future())
+        if self._unsettled == 0 and self._executing == 0:
+            self._last_progress = now  # the watchdog counts stalls from when work appears, not idle time
+        self._unsettled += len(items)
+        self._live.add(request)
+        for index, (item, row) in enumerate(zip(items, rows, strict=True)):
+            self._seq += 1
+            entry = _Item(self._seq, request, index, row, item.graph, now)
+            request.items.append(entry)
+        if self._dead_reason is not None or self._closed:
+            self._answer_all(request, UnavailableError(self._unavailable_reason() or "the batcher is stopped"))
+        else:
+            for entry in request.items:
+                self._pending[entry.seq] = entry
+                self._pending_tokens += entry.length
+            request.timer = loop.call_later(self._cfg.queue_timeout_s, self._expire, request)
+            self._wakeup.set()
+        try:
+            await request.done
+        except asyncio.CancelledError:
+            self._abandon(request)
+            raise
+        return [outcome for outcome in request.outcomes if outcome is not None]
+
+    # ---- introspection
+
+    @property
+    def queue_depth(self) -> int:
+        return self._reserved
+
+    @property
+    def in_flight_batches(self) -> int:
+        return self._in_flight
+
+    @property
+    def last_progress_monotonic(self) -> float:
+        return self._last_progress
+
+    @property
+    def accepting(self) -> bool:
+        return self._started and not self._stopping and self._dead_reason is None
+
+    @property
+    def healthy(self) -> bool:
+        return self.health().ok
+
+    def health(self) -> BatcherHealth:
+        """Liveness: the loop runs, is not stopped, and batches finish while work is waiting (watchdog)."""
+        since = time.monotonic() - self._last_progress
+        reason = self._unavailable_reason(include_stopping=False)
+        busy = self._unsettled > 0 or self._executing > 0
+        if reason is None and busy and since > self._cfg.watchdog_timeout_s:
+            reason = f"no batch finished for {since:.1f}s while work is pending (inference stalled)"
+        return BatcherHealth(reason is None, reason, self.accepting, self._reserved, self._in_flight, since)
+
+    def _unavailable_reason(self, include_stopping: bool = True) -> str | None:
+        if self._dead_reason is not None:
+            return self._dead_reason
+        if not self._started:
+            return "the batcher is not started"
+        if self._closed:
+            return "the batcher is stopped"
+        if self._stopping and include_stopping:
+            return "the server is shutting down"
+        return None
+
+    # ---- the batching loop
+
+    async def _run(self) -> None:
+        """Form a batch, prepare it in a worker thread, then hand it to the inference thread when free.
+
+        Preparing batch N+1 happens while batch N executes: the loop only waits for the inference slot after
+        preparing. Runner errors are handled per batch; anything else ending this coroutine is a bug, and
+        `_on_loop_done` answers every queued item and marks the batcher unhealthy.
+        """
+        loop = asyncio.get_running_loop()
+        while (batch := await self._next_batch()) is not None:
+            rows = [it.token_ids for it in batch.items]
+            try:
+                prepared = await loop.run_in_executor(self._prepare_pool, self._runner.prepare, batch.graph, rows)
+            except Exception:
+                logger.warning("preparing a batch of %d rows failed; isolating rows", len(rows), exc_info=True)
+                prepared = _PREPARE_FAILED
+            await self._slot.acquire()
+            task = asyncio.create_task(self._run_batch(batch, prepared), name="batcher-batch")
+            self._batch_tasks.add(task)
+            task.add_done_callback(self._on_batch_done)
+
+    async def _next_batch(self) -> _Batch | None:
+        """Wait until a batch is due: a full batch's worth is pending (form it now, to prepare it while the
+        current batch runs), or the anchor has waited `max_wait_ms` and the inference thread is free."""
+        loop = asyncio.get_running_loop()
+        max_wait_s = self._cfg.max_wait_ms / 1000.0
+        while True:
+            self._wakeup.clear()
+            if not self._pending:
+                if self._closed:
+                    return None
+                await self._wakeup.wait()
+                continue
+            anchor = next(iter(self._pending.values()))
+            wait_s = anchor.enqueued_at + max_wait_s - time.monotonic()
+            full = len(self._pending) >= self._cfg.max_batch_size or self._pending_tokens >= self._cfg.max_batch_tokens
+            if full or self._closed or (wait_s <= 0 and not self._slot.locked()):
+                return self._form_batch(anchor)
+            if wait_s <= 0:  # window over but the inference thread is busy: `_on_batch_done` wakes us
+                await self._wakeup.wait()
+                continue
+            try:
+                async with asyncio.timeout_at(loop.time() + wait_s):
+                    await self._wakeup.wait()
+            except TimeoutError:
+                pass
+
+    def _form_batch(self, anchor: _Item) -> _Batch:
+        """Grow a batch around the oldest item, each step adding the same-graph item that adds least padding.
+
+        Candidates are sorted by length; from the anchor we extend left (a shorter row, padded up to the
+        current longest) or right (a longer row, which pads every row already in). The token budget caps
+        rows x longest.
+        """
+        cfg = self._cfg
+        cands = sorted(
+            (it for it in self._pending.values() if it.graph == anchor.graph),
+            key=lambda it: (it.length, it.seq),
+        )
+        lo = hi = cands.index(anchor)
+        longest, chosen, right_open = anchor.length, [anchor], True
+        while len(chosen) < cfg.max_batch_size:
+            n = len(chosen)
+            left = cands[lo - 1] if lo > 0 and (n + 1) * longest <= cfg.max_batch_tokens else None
+            right = None
+            if right_open and hi + 1 < len(cands):
+                right = cands[hi + 1]
+                if (n + 1) * right.length > cfg.max_batch_tokens:
+                    right, right_open = None, False  # every later candidate is at least as long
+            if left is None and right is None:
+                break
+            left_cost = longest - left.length if left is not None else math.inf
+            right_cost = (right.length - longest) * n if right is not None else math.inf
+            if left is not None and left_cost <= right_cost:
+                lo -= 1
+                chosen.append(left)
+            elif right is not None:
+                hi += 1
+                chosen.append(right)
+                longest = right.length
+        for it in chosen:
+            del self._pending[it.seq]
+            self._pending_tokens -= it.length
+            it.state = _State.BATCHED
+        self._in_flight += 1
+        chosen.sort(key=lambda it: it.seq)
+        return _Batch(anchor.graph, chosen)
+
+    async def _run_batch(self, batch: _Batch, prepared: Any) -> None:
+        """Compute one batch on the inference thread and answer its items; `_on_batch_done` frees the slot."""
+        live = [it for it in batch.items if it.state is _State.BATCHED]
+        if not live:
+            return  # every member timed out or was cancelled while waiting for the inference thread
+        if len(live) < len(batch.items) and prepared is not _PREPARE_FAILED:
+            prepared = None  # re-pad on the inference thread without the dropped rows
+        started = time.monotonic()
+        for it in live:
+            it.state = _State.STARTED
+        rows = [it.token_ids for it in live]
+        future = asyncio.get_running_loop().run_in_executor(
+            self._infer_pool, self._compute, batch.graph, rows, prepared
+        )
+        self._executing += 1
+        try:
+            done, _ = await asyncio.wait({future}, timeout=self._cfg.watchdog_timeout_s)
+            if not done:
+                logger.error(
+                    "a batch of %d rows has run for %ss; answering its items as unavailable",
+                    len(rows),
+                    self._cfg.watchdog_timeout_s,
+                )
+                error = UnavailableError("inference is stalled; retry later")
+                for it in live:
+                    self._settle(it, ItemOutcome(None, error, (started - it.enqueued_at) * 1000, 0.0, 0, 0))
+            computed = await future  # keep the slot until the thread is really free
+        except asyncio.CancelledError:  # stop() abandoning a wedged batch: still answer its items
+            future.cancel()  # whatever the thread returns later is ignored, never "exception not retrieved"
+            now = time.monotonic()
+            error = UnavailableError("the server is shutting down")
+            for it in live:
+                self._settle(it, ItemOutcome(None, error, (now - it.enqueued_at) * 1000, 0.0, 0, 0))
+            raise
+        finally:
+            self._executing -= 1
+        self._last_progress = time.monotonic()
+        longest = max(len(row) for row in rows)
+        real_tokens = sum(len(row) for row in rows)
+        self._record_batch(batch.graph, len(rows), len(rows) * longest, real_tokens, computed)
+        for it, result, failed in zip(live, computed.results, computed.failed, strict=True):
+            outcome = ItemOutcome(
+                None if failed else result,
+                InferenceError() if failed else None,
+                (started - it.enqueued_at) * 1000,
+                computed.execute_s * 1000,
+                len(rows),
+                len(rows) * longest,
+            )
+            self._settle(it, outcome)
+
+    def _compute(self, graph: str, rows: list[np.ndarray], prepared: Any) -> _Computed:
+        """Inference thread: run the batch; if it fails, re-run rows one by one so only poison rows fail."""
+        t0 = time.monotonic()
+        if prepared is not _PREPARE_FAILED:
+            try:
+                if prepared is None:
+                    prepared = self._runner.prepare(graph, rows)
+                results = list(self._runner.execute(prepared))
+                if len(results) != len(rows):
+                    raise RuntimeError(f"runner returned {len(results)} results for {len(rows)} rows")
+                return _Computed(results, [False] * len(rows), time.monotonic() - t0)
+            except Exception:
+                if len(rows) == 1:
+                    logger.exception("inference failed for a single-row batch")
+                    return _Computed([None], [True], time.monotonic() - t0)
+                logger.warning("a batch of %d rows failed; re-running rows one by one", len(rows), exc_info=True)
+        results: list[Any] = []
+        failed: list[bool] = []
+        for row in rows:
+            try:
+                out = list(self._runner.execute(self._runner.prepare(graph, [row])))
+                if len(out) != 1:
+                    raise RuntimeError(f"runner returned {len(out)} results for 1 row")
+                results.append(out[0])
+                failed.append(False)
+            except Exception:
+                logger.exception("inference failed for one row of %d tokens", len(row))
+                results.append(None)
+                failed.append(True)
+        return _Computed(results, failed, time.monotonic() - t0)
+
+    # ---- settling items
+
+    def _settle(self, item: _Item, outcome: ItemOutcome | None) -> None:
+        """Answer one item (None: dropped, nobody listens) and free its slot; idempotent."""
+        if item.state is _State.DONE:
+            return
+        if item.state is _State.PENDING and self._pending.pop(item.seq, None) is not None:
+            self._pending_tokens -= item.length
+        item.state = _State.DONE
+        request = item.request
+        request.outcomes[item.index] = outcome
+        request.remaining -= 1
+        self._unsettled -= 1
+        self._release(1)
+        if request.remaining == 0:
+            self._live.discard(request)
+            if request.timer is not None:
+                request.timer.cancel()
+            if not request.done.done():
+                request.done.set_result(None)
+
+    def _release(self, n: int) -> None:
+        self._reserved -= n
+        if self._reserved == 0:
+            self._idle.set()
+        self._notify("on_queue_depth", self._reserved)
+
+    def _answer_all(self, request: _Request, error: ServiceError, states: tuple[_State, ...] = ()) -> int:
+        """Answer the request's items that are in `states` (all unsettled ones when empty) with `error`."""
+        now = time.monotonic()
+        targets = [it for it in request.items if it.state is not _State.DONE and (not states or it.state in states)]
+        for it in targets:
+            self._settle(it, ItemOutcome(None, error, (now - it.enqueued_at) * 1000, 0.0, 0, 0))
+        return len(targets)
+
+    def _expire(self, request: _Request) -> None:
+        """Timer callback at the queue deadline: items not yet computing are answered, never computed."""
+        request.timer = None
+        error = QueueTimeoutError("the request waited too long in the queue", retry_after_s=self._retry_after_s())
+        n = self._answer_all(request, error, (_State.PENDING, _State.BATCHED))
+        if n:
+            self._notify("on_timed_out", n)
+
+    def _abandon(self, request: _Request) -> None:
+        """The submitter was cancelled: drop its items that have not started; running ones finish unheard."""
+        if request.timer is not None:
+            request.timer.cancel()
+            request.timer = None
+        dropped = [it for it in request.items if it.state in (_State.PENDING, _State.BATCHED)]
+        for it in dropped:
+            self._settle(it, None)
+        if dropped:
+            self._notify("on_cancelled", len(dropped))
+
+    def _fail_unstarted(self, error: ServiceError) -> None:
+        for request in list(self._live):
+            self._answer_all(request, error, (_State.PENDING, _State.BATCHED))
+
+    # ---- failure plumbing
+
+    def _on_loop_done(self, task: asyncio.Task[None]) -> None:
+        exc = None if task.cancelled() else task.exception()
+        if self._closed and exc is None:
+            return
+        self._dead_reason = self._dead_reason or "the batching loop stopped unexpectedly"
+        logger.critical(
+            "%s; failing %d queued items",
+            self._dead_reason,
+            self._unsettled,
+            exc_info=(type(exc), exc, exc.__traceback__) if exc is not None else None,
+        )
+        self._fail_unstarted(UnavailableError(self._dead_reason))
+
+    def _on_batch_done(self, task: asyncio.Task[None]) -> None:
+        # Done callbacks run even for a task cancelled before its first step, so the slot can never leak.
+        self._batch_tasks.discard(task)
+        self._in_flight -= 1
+        self._slot.release()
+        self._wakeup.set()  # a partial batch may be due now
+        exc = None if task.cancelled() else task.exception()
+        if exc is not None:  # a BaseException from the runner, or a bug: do not limp on
+            self._dead_reason = "a batch failed unexpectedly"
+            logger.critical(self._dead_reason, exc_info=(type(exc), exc, exc.__traceback__))
+            if self._loop_task is not None:
+                self._loop_task.cancel()
+            self._fail_unstarted(UnavailableError(self._dead_reason))
+            for request in list(self._live):  # the failed batch's own items
+                self._answer_all(request, InferenceError(), (_State.STARTED,))
+
+    def _record_batch(self, graph: str, rows: int, padded: int, real: int, computed: _Computed) -> None:
+        if computed.execute_s > 0:
+            rate = rows / computed.execute_s
+            self._items_per_s = rate if self._items_per_s == 0 else 0.8 * self._items_per_s + 0.2 * rate
+        self._notify("on_batch", graph, rows, padded, real, computed.execute_s)
+        if n_failed := sum(computed.failed):
+            self._notify("on_failure", n_failed)
+
+    def _retry_after_s(self) -> int:
+        if self._items_per_s <= 0:
+            return 1
+        return max(1, min(60, math.ceil(self._reserved / self._items_per_s)))
+
+    def _notify(self, hook: str, *args: Any) -> None:
+        if self._observer is None:
+            return
+        try:
+            getattr(self._observer, hook)(*args)
+        except Exception:  # metrics must never break batching
+            logger.exception("batch observer %s failed", hook)
