@@ -1,0 +1,69 @@
+"""What routes reach through `Annotated` dependencies: the per-app services built in the lifespan."""
+
+from __future__ import annotations
+
+import hmac
+from dataclasses import dataclass, field
+from typing import Annotated
+
+from fastapi import Depends
+from starlette.requests import Request
+
+from service.api.errors import AuthenticationError
+from service.artifacts import Manifest
+from service.batching import Batcher
+from service.engine import Engine
+from service.errors import UnavailableError
+from service.metrics import Metrics
+from service.runner import OnnxRunner
+from service.settings import Settings
+
+
+@dataclass
+class Services:
+    """Everything one app owns. `engine` is None until the lifespan has loaded and warmed the model."""
+
+    settings: Settings
+    metrics: Metrics
+    manifest: Manifest | None = None
+    runner: OnnxRunner | None = None
+    batcher: Batcher | None = None
+    engine: Engine | None = None
+    ready: bool = False
+    draining: bool = False
+    started_at: float = field(default=0.0)
+
+    @property
+    def served_model_name(self) -> str:
+        if self.settings.served_model_name:
+            return self.settings.served_model_name
+        return self.manifest.model_name if self.manifest else "unknown"
+
+
+def get_services(request: Request) -> Services:
+    return request.app.state.services
+
+
+def get_engine(request: Request) -> Engine:
+    services: Services = request.app.state.services
+    if services.engine is None or not services.ready:
+        raise UnavailableError("the model is not loaded yet", retry_after_s=2)
+    if services.draining:
+        raise UnavailableError("the server is shutting down", retry_after_s=2)
+    return services.engine
+
+
+def require_api_key(request: Request) -> None:
+    """Bearer check when EMBED_API_KEY is set. compare_digest keeps the timing independent of the key prefix."""
+    key = request.app.state.services.settings.api_key
+    if key is None:
+        return
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    expected = key.get_secret_value().encode()
+    if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), expected):
+        raise AuthenticationError("missing or invalid API key")
+
+
+ServicesDep = Annotated[Services, Depends(get_services)]
+EngineDep = Annotated[Engine, Depends(get_engine)]

@@ -1,0 +1,77 @@
+"""JSON in and out: a bounded body reader, a parser that never 500s, and an orjson response.
+
+We read and parse bodies ourselves instead of letting FastAPI do it, because its defaults answer a nesting bomb
+or invalid UTF-8 with 500/422, accept any content type, and read the whole body before any size check.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+
+from service.api.errors import InvalidJSONError, UnsupportedMediaTypeError
+from service.errors import PayloadTooLargeError
+
+_ORJSON_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
+
+
+class JSONBody(Response):
+    """orjson-rendered JSON; numpy arrays serialise natively (no `.tolist()` round trip)."""
+
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content, option=_ORJSON_OPTIONS)
+
+
+def _is_json_media_type(content_type: str) -> bool:
+    media = content_type.split(";", 1)[0].strip().lower()
+    return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
+
+
+async def read_json(request: Request, max_bytes: int) -> Any:
+    """Check headers, read at most `max_bytes`, parse. Raises 415 / 413 / 400 as ServiceErrors.
+
+    The Content-Length check answers before a byte of the body is read; the running count covers chunked
+    bodies that announce no length.
+    """
+    encoding = request.headers.get("content-encoding", "identity").strip().lower()
+    if encoding not in ("", "identity"):
+        raise UnsupportedMediaTypeError(
+            "Content-Encoding is not supported; send an uncompressed JSON body",
+            code="unsupported_content_encoding",
+        )
+    if not _is_json_media_type(request.headers.get("content-type", "")):
+        raise UnsupportedMediaTypeError("Content-Type must be application/json")
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+        raise PayloadTooLargeError(f"request body is larger than the limit of {max_bytes} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > max_bytes:
+            raise PayloadTooLargeError(f"request body is larger than the limit of {max_bytes} bytes")
+        chunks.append(chunk)
+    return parse_json(b"".join(chunks))
+
+
+def parse_json(body: bytes) -> Any:
+    """orjson first (fast, depth-capped, strict UTF-8). It also rejects JSON-escaped lone surrogates
+    (``"\\ud800"``), which are valid JSON text; for those the stdlib parser takes over so the request can get
+    the precise 422 `invalid_text` instead of a 400. The stdlib's RecursionError on a nesting bomb is a 400 too.
+    """
+    if not body.strip():
+        raise InvalidJSONError("request body is empty; expected a JSON object")
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        pass
+    try:
+        return json.loads(body.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise InvalidJSONError("request body is not valid UTF-8 JSON") from None

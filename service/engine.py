@@ -1,0 +1,246 @@
+"""The request pipeline without HTTP: admit -> tokenize -> batcher -> normalise / Matryoshka slice / attention cut.
+
+Order matters for load shedding and fairness:
+1. counts are checked and queue slots reserved (`try_admit`) before any tokenizing, so an overloaded server
+   answers 429 in microseconds;
+2. token-level limits (tokens per request, attention budget) are checked after tokenizing but before compute;
+3. every item's outcome is inspected; one failed item fails the request with that item's error.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+
+from service.artifacts import Manifest
+from service.batching import Batcher, BatchItem, ItemOutcome
+from service.errors import (
+    AttentionBudgetError,
+    InferenceError,
+    InvalidRequestError,
+    PayloadTooLargeError,
+)
+from service.metrics import Metrics
+from service.runner import ATTENTION, EMBED, TOKENS, RowResult
+from service.settings import Settings
+from service.tokenizer import Encoded, TextTokenizer, TruncationPolicy
+
+logger = logging.getLogger(__name__)
+
+_NORM_FLOOR = 1e-12
+
+
+@dataclass(frozen=True)
+class AttentionSpec:
+    """Which attention maps to return; None means all layers / all heads."""
+
+    layers: tuple[int, ...] | None = None
+    heads: tuple[int, ...] | None = None
+    aggregate: Literal["none", "mean"] = "none"
+
+
+@dataclass(frozen=True)
+class EncodeOptions:
+    policy: TruncationPolicy = field(default_factory=TruncationPolicy)
+    normalize: bool = True
+    dimensions: int | None = None
+    token_embeddings: bool = False
+    attention: AttentionSpec | None = None
+
+
+@dataclass(frozen=True)
+class ItemResult:
+    encoded: Encoded
+    embedding: np.ndarray  # (dimensions,) float32
+    token_embeddings: np.ndarray | None = None  # (T, D)
+    attention: np.ndarray | None = None  # (L_sel, H_sel, T, T), or (L_sel, T, T) when aggregated
+    layers: tuple[int, ...] = ()
+    heads: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class Timings:
+    tokenize_ms: float = 0.0
+    queue_ms: float = 0.0
+    inference_ms: float = 0.0
+    total_ms: float = 0.0
+
+
+@dataclass(frozen=True)
+class EncodeResult:
+    items: list[ItemResult]
+    timings: Timings
+    prompt_tokens: int
+    characters: int
+
+    @property
+    def truncated_indexes(self) -> list[int]:
+        return [i for i, it in enumerate(self.items) if it.encoded.truncated]
+
+
+class Engine:
+    """Owns the tokenizer thread pool; one per app, built in the lifespan."""
+
+    def __init__(
+        self,
+        manifest: Manifest,
+        tokenizer: TextTokenizer,
+        batcher: Batcher,
+        settings: Settings,
+        metrics: Metrics,
+        graphs: frozenset[str],
+    ) -> None:
+        self.manifest = manifest
+        self.tokenizer = tokenizer
+        self.batcher = batcher
+        self.settings = settings
+        self.metrics = metrics
+        self.graphs = graphs
+        self._executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="tokenize")
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    # --- public operations ----------------------------------------------------------------------------------
+
+    async def tokenize(self, texts: Sequence[str], *, add_special_tokens: bool = True) -> list[Encoded]:
+        """Tokenize for /tokenize: no window, no batcher, but the same char cap and off the event loop."""
+        self._check_count(len(texts))
+        return await self.tokenizer.aencode_batch(
+            texts,
+            TruncationPolicy(truncate=False),
+            self._executor,
+            add_special_tokens=add_special_tokens,
+            enforce_window=False,
+            allow_empty=True,
+        )
+
+    async def encode(self, inputs: Sequence[str] | Sequence[Sequence[int]], options: EncodeOptions) -> EncodeResult:
+        """Run inputs through the model. Raises ServiceError subclasses only (mapped to HTTP in api/errors.py)."""
+        started = time.perf_counter()
+        self._check_count(len(inputs))
+        self._check_options(options)
+        with self.batcher.try_admit(len(inputs)) as admission:
+            t0 = time.perf_counter()
+            if inputs and not isinstance(inputs[0], str):
+                encoded = self.tokenizer.encode_ids(inputs, options.policy)  # type: ignore[arg-type]
+            else:
+                encoded = await self.tokenizer.aencode_batch(inputs, options.policy, self._executor)  # type: ignore[arg-type]
+            tokenize_s = time.perf_counter() - t0
+            self.metrics.observe_stage("tokenize", tokenize_s)
+            self._check_tokens(encoded, options)
+            graph = ATTENTION if options.attention else TOKENS if options.token_embeddings else EMBED
+            items = [BatchItem(e.ids, graph) for e in encoded]
+            outcomes = await self.batcher.submit(admission, items)
+        queue_ms, inference_ms = self._raise_on_failure(outcomes)
+        self.metrics.observe_stage("queue", queue_ms / 1000)
+        self.metrics.observe_stage("inference", inference_ms / 1000)
+        results = [self._finish(e, o.result, options) for e, o in zip(encoded, outcomes, strict=True)]
+        total_s = time.perf_counter() - started
+        self.metrics.observe_stage("total", total_s)
+        return EncodeResult(
+            items=results,
+            timings=Timings(tokenize_s * 1000, queue_ms, inference_ms, total_s * 1000),
+            prompt_tokens=sum(e.token_count for e in encoded),
+            characters=sum(e.char_count for e in encoded),
+        )
+
+    # --- checks ---------------------------------------------------------------------------------------------
+
+    def _check_count(self, n: int) -> None:
+        if n == 0:
+            raise InvalidRequestError("input must not be empty", param="input", code="empty_input")
+        limit = self.settings.max_inputs_per_request
+        if n > limit:
+            raise PayloadTooLargeError(f"too many inputs: {n} > {limit}", param="input", code="too_many_inputs")
+
+    def _check_options(self, options: EncodeOptions) -> None:
+        dim = options.dimensions
+        if dim is not None and not 1 <= dim <= self.manifest.embedding_dim:
+            raise InvalidRequestError(
+                f"dimensions must be between 1 and {self.manifest.embedding_dim}", param="dimensions"
+            )
+        spec = options.attention
+        if spec is None:
+            return
+        if ATTENTION not in self.graphs:
+            raise InvalidRequestError(
+                "attention maps are not available for this model artifact", param="attention",
+                code="attention_unavailable",
+            )
+        for name, chosen, count in (
+            ("layers", spec.layers, self.manifest.num_layers),
+            ("heads", spec.heads, self.manifest.num_heads),
+        ):
+            if chosen is not None and (not chosen or any(not 0 <= x < count for x in chosen)):
+                raise InvalidRequestError(
+                    f"attention.{name} must be 'all' or a non-empty list of indexes in [0, {count})",
+                    param=f"attention.{name}",
+                )
+
+    def _check_tokens(self, encoded: list[Encoded], options: EncodeOptions) -> None:
+        total = sum(e.token_count for e in encoded)
+        if total > self.settings.max_tokens_per_request:
+            raise PayloadTooLargeError(
+                f"request has {total} tokens, max {self.settings.max_tokens_per_request}",
+                param="input",
+                code="too_many_tokens",
+            )
+        spec = options.attention
+        if spec is None:
+            return
+        n_layers = len(spec.layers) if spec.layers is not None else self.manifest.num_layers
+        n_heads = len(spec.heads) if spec.heads is not None else self.manifest.num_heads
+        per_map = n_layers * (1 if spec.aggregate == "mean" else n_heads)
+        values = sum(per_map * e.token_count**2 for e in encoded)
+        budget = self.settings.attention_budget
+        if values > budget:
+            raise AttentionBudgetError(
+                f"attention output would have {values} values, over the limit of {budget} per request "
+                "(EMBED_ATTENTION_BUDGET); select fewer layers or heads, aggregate, or send shorter inputs",
+                param="attention",
+            )
+
+    # --- results --------------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _raise_on_failure(outcomes: list[ItemOutcome]) -> tuple[float, float]:
+        for outcome in outcomes:
+            if outcome.error is not None:
+                raise outcome.error
+        queue_ms = max((o.queue_ms for o in outcomes), default=0.0)
+        inference_ms = max((o.inference_ms for o in outcomes), default=0.0)
+        return queue_ms, inference_ms
+
+    def _finish(self, encoded: Encoded, row: RowResult, options: EncodeOptions) -> ItemResult:
+        vector = row.embedding
+        if options.dimensions is not None:
+            vector = vector[: options.dimensions]  # Matryoshka: cut first, then re-normalise
+        if options.normalize:
+            vector = vector / max(float(np.linalg.norm(vector)), _NORM_FLOOR)
+        vector = vector.astype(np.float32, copy=False)
+        if not np.isfinite(vector).all():
+            logger.error("non-finite embedding for an input of %d tokens", encoded.token_count)
+            raise InferenceError()
+        attention, layers, heads = None, (), ()
+        spec = options.attention
+        if spec is not None and row.attentions is not None:
+            layers = spec.layers if spec.layers is not None else tuple(range(row.attentions.shape[0]))
+            heads = spec.heads if spec.heads is not None else tuple(range(row.attentions.shape[1]))
+            attention = row.attentions[list(layers)][:, list(heads)]  # (L_sel, H_sel, T, T)
+            if spec.aggregate == "mean":
+                attention = attention.mean(axis=1)  # (L_sel, T, T)
+        return ItemResult(
+            encoded=encoded,
+            embedding=vector,
+            token_embeddings=row.token_embeddings if options.token_embeddings else None,
+            attention=attention,
+            layers=tuple(layers),
+            heads=tuple(heads),
+        )

@@ -1,0 +1,96 @@
+"""Errors the service raises, with no HTTP in them.
+
+Routes and the batcher raise these; `service/api/errors.py` is the one table that turns them into HTTP replies.
+Every error carries a message that is safe to show a client: it never contains the raw input.
+
+    ServiceError
+    ├── RequestError                 the caller sent something we will not compute (4xx)
+    │   ├── InvalidRequestError      well-formed but invalid (422): empty text, bad option, over-long input
+    │   ├── ModelNotFoundError       unknown `model` name (404)
+    │   ├── PayloadTooLargeError     body or inputs over a limit (413)
+    │   └── AttentionBudgetError     attention output over the configured budget (422)
+    ├── OverloadError                we cannot take this now; the caller may retry (429/503, Retry-After)
+    │   ├── QueueFullError           admission queue full (429)
+    │   ├── QueueTimeoutError        waited past the queue deadline; never computed (503)
+    │   └── UnavailableError         not ready, draining, or the batcher is wedged (503)
+    ├── InferenceError               the model run failed for this input (500, fixed generic message)
+    └── ArtifactError                the artifact directory is missing, corrupt or inconsistent (start-up only)
+"""
+
+from __future__ import annotations
+
+
+class ServiceError(Exception):
+    """Base of every error the service raises on purpose.
+
+    `code` is a stable snake_case identifier clients can branch on; `param` points at the offending part of
+    the request (e.g. ``input[3]``) or is None.
+    """
+
+    code: str = "internal_error"
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        if code is not None:
+            self.code = code
+
+
+class RequestError(ServiceError):
+    code = "invalid_request"
+
+
+class InvalidRequestError(RequestError):
+    code = "validation_error"
+
+
+class ModelNotFoundError(RequestError):
+    code = "model_not_found"
+
+
+class PayloadTooLargeError(RequestError):
+    code = "payload_too_large"
+
+
+class AttentionBudgetError(RequestError):
+    code = "attention_budget_exceeded"
+
+
+class OverloadError(ServiceError):
+    """The request is fine but cannot be served now; `retry_after_s` becomes the Retry-After header."""
+
+    code = "overloaded"
+
+    def __init__(
+        self, message: str, *, retry_after_s: int = 1, param: str | None = None, code: str | None = None
+    ) -> None:
+        super().__init__(message, param=param, code=code)
+        self.retry_after_s = retry_after_s
+
+
+class QueueFullError(OverloadError):
+    code = "queue_full"
+
+
+class QueueTimeoutError(OverloadError):
+    code = "queue_timeout"
+
+
+class UnavailableError(OverloadError):
+    code = "unavailable"
+
+
+class InferenceError(ServiceError):
+    """The forward pass failed. The client sees only a fixed message; the cause goes to the log."""
+
+    code = "inference_error"
+
+    def __init__(self, message: str = "inference failed", *, param: str | None = None) -> None:
+        super().__init__(message, param=param)
+
+
+class ArtifactError(ServiceError):
+    """Raised at start-up only: the process must exit with one clear line naming the file."""
+
+    code = "artifact_error"

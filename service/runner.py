@@ -1,0 +1,224 @@
+"""Synchronous onnxruntime + numpy: pad token rows into feeds, run the right graph, unpad per row.
+
+This is the batcher's `BatchRunner`. It knows three logical graphs, so that the batcher (which never mixes
+graphs in one batch) keeps cheap and expensive work apart and each batch fetches only the outputs it needs:
+
+    "embed"      configured variant (fp32/int8/fp16) -> sentence_embedding
+    "tokens"     configured variant                  -> sentence_embedding + last_hidden_state
+    "attention"  model_attention.onnx (unfused)      -> the above + attentions
+
+Provider choice is logged on exactly one line, from `session.get_providers()` (what onnxruntime actually
+enabled), not from `get_available_providers()` (what the wheel was built with).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+from service.artifacts import Manifest
+from service.errors import ServiceError
+from service.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+CPU = "CPUExecutionProvider"
+CUDA = "CUDAExecutionProvider"
+
+EMBED = "embed"
+TOKENS = "tokens"
+ATTENTION = "attention"
+
+_OUTPUTS = {
+    EMBED: ("sentence_embedding",),
+    TOKENS: ("sentence_embedding", "last_hidden_state"),
+    ATTENTION: ("sentence_embedding", "last_hidden_state", "attentions"),
+}
+
+
+class ProviderError(ServiceError):
+    """Start-up only: the requested execution provider or graph cannot run here (e.g. REQUIRE_GPU on CPU)."""
+
+    code = "provider_error"
+
+
+@dataclass(frozen=True)
+class RowResult:
+    """One input's outputs, sliced to its real length T."""
+
+    embedding: np.ndarray  # (D,) float32, pooled, not normalised
+    token_embeddings: np.ndarray | None = None  # (T, D)
+    attentions: np.ndarray | None = None  # (L, H, T, T)
+
+
+@dataclass(frozen=True)
+class _Chunk:
+    feeds: dict[str, np.ndarray]
+    lengths: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Prepared:
+    graph: str
+    chunks: tuple[_Chunk, ...]
+
+
+def _row_ids(row: Any) -> np.ndarray:
+    """Rows may be BatchItems (with `.token_ids`) or bare id arrays; the runner accepts both."""
+    ids = getattr(row, "token_ids", row)
+    return np.asarray(ids, dtype=np.int64)
+
+
+class OnnxRunner:
+    """Owns the onnxruntime sessions; `prepare` and `execute` are called from the batcher's worker thread."""
+
+    def __init__(self, manifest: Manifest, settings: Settings) -> None:
+        self.manifest = manifest
+        self.pad_id = manifest.pad_token_id
+        self.variant = settings.graph_variant
+        self._attention_values_per_chunk = max(settings.attention_budget, 1)
+        self.provider, self.provider_reason = "", ""
+        variant_spec = manifest.graph(settings.graph_variant)
+        self._sessions: dict[str, ort.InferenceSession] = {}
+        main = self._build(variant_spec.path, settings, first=True)
+        self._sessions[EMBED] = main
+        self._sessions[TOKENS] = main
+        if ATTENTION in manifest.graphs:
+            self._sessions[ATTENTION] = self._build(manifest.graphs[ATTENTION].path, settings, first=False)
+        for graph, session in self._sessions.items():
+            have = {o.name for o in session.get_outputs()}
+            missing = [name for name in _OUTPUTS[graph] if name not in have]
+            if missing:
+                raise ProviderError(f"graph for {graph!r} lacks outputs {missing}")
+
+    @property
+    def graphs(self) -> frozenset[str]:
+        return frozenset(self._sessions)
+
+    def _build(self, path: Any, settings: Settings, *, first: bool) -> ort.InferenceSession:
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = settings.intra_op_threads
+        options.inter_op_num_threads = settings.inter_op_threads
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # Shapes change every batch; the memory pattern would cache a plan per shape and grow RSS (§3.1).
+        options.enable_mem_pattern = False
+        options.log_severity_level = 3
+        wanted, reason = self._wanted_providers(settings)
+        try:
+            session = ort.InferenceSession(str(path), sess_options=options, providers=wanted)
+        except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
+            raise ProviderError(f"onnxruntime could not load {path}: {type(exc).__name__}") from exc
+        active = session.get_providers()
+        if first:
+            self._announce(settings, wanted, active, reason)
+        return session
+
+    @staticmethod
+    def _wanted_providers(settings: Settings) -> tuple[list[str], str]:
+        if settings.provider == "cpu":
+            return [CPU], "EMBED_PROVIDER=cpu"
+        if CUDA not in ort.get_available_providers():
+            return [CPU], "this onnxruntime build has no CUDA support"
+        return [CUDA, CPU], ""
+
+    def _announce(self, settings: Settings, wanted: list[str], active: list[str], reason: str) -> None:
+        self.provider = active[0] if active else CPU
+        if self.provider == CUDA:
+            self.provider_reason = f"EMBED_PROVIDER={settings.provider}"
+            logger.info("using %s (%s)", CUDA, self.provider_reason)
+        elif settings.provider == "cpu":
+            self.provider_reason = reason
+            logger.info("using %s (%s)", CPU, reason)
+        else:
+            why = reason or "CUDA requested but onnxruntime did not enable it (driver or CUDA libraries missing?)"
+            self.provider_reason = why
+            logger.warning("%s unavailable (%s); using %s", CUDA, why, self.provider)
+        if settings.require_gpu and self.provider != CUDA:
+            raise ProviderError(f"EMBED_REQUIRE_GPU is set but the provider in use is {self.provider}")
+        if settings.graph_variant == "fp16" and self.provider != CUDA:
+            raise ProviderError("graph variant fp16 needs CUDAExecutionProvider")
+
+    # --- BatchRunner protocol -------------------------------------------------------------------------------
+
+    def prepare(self, graph: str, rows: Sequence[Any]) -> Prepared:
+        """Pad rows into int64 feeds. The attention graph is split into chunks so one batch's `attentions`
+        output (L×B×H×T×T) stays within the per-request attention budget's order of magnitude."""
+        if graph not in self._sessions:
+            raise ValueError(f"unknown graph {graph!r}")
+        id_rows = [_row_ids(r) for r in rows]
+        groups: list[list[np.ndarray]] = [id_rows]
+        if graph == ATTENTION:
+            groups = self._attention_groups(id_rows)
+        return Prepared(graph, tuple(self._pad(group) for group in groups))
+
+    def execute(self, prepared: Prepared) -> list[RowResult]:
+        """Run each chunk and cut every row back to its real length; one result per row, in order."""
+        session = self._sessions[prepared.graph]
+        names = list(_OUTPUTS[prepared.graph])
+        results: list[RowResult] = []
+        for chunk in prepared.chunks:
+            outs = dict(zip(names, session.run(names, chunk.feeds), strict=True))
+            pooled = outs["sentence_embedding"]  # (B, D)
+            hidden = outs.get("last_hidden_state")  # (B, T, D)
+            attn = outs.get("attentions")  # (L, B, H, T, T)
+            for i, n in enumerate(chunk.lengths):
+                results.append(
+                    RowResult(
+                        embedding=np.array(pooled[i], dtype=np.float32),
+                        token_embeddings=None if hidden is None else np.array(hidden[i, :n], dtype=np.float32),
+                        attentions=None if attn is None else np.array(attn[:, i, :, :n, :n], dtype=np.float32),
+                    )
+                )
+        return results
+
+    # --- helpers --------------------------------------------------------------------------------------------
+
+    def _pad(self, rows: list[np.ndarray]) -> _Chunk:
+        lengths = tuple(len(r) for r in rows)
+        width = max(lengths)
+        input_ids = np.full((len(rows), width), self.pad_id, dtype=np.int64)  # (B, T)
+        attention_mask = np.zeros((len(rows), width), dtype=np.int64)  # (B, T)
+        for i, r in enumerate(rows):
+            input_ids[i, : len(r)] = r
+            attention_mask[i, : len(r)] = 1
+        feeds = {
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "token_type_ids": np.zeros_like(input_ids),
+        }
+        return _Chunk(feeds, lengths)
+
+    def _attention_groups(self, rows: list[np.ndarray]) -> list[list[np.ndarray]]:
+        per_position = max(self.manifest.num_layers * self.manifest.num_heads, 1)
+        groups: list[list[np.ndarray]] = []
+        current: list[np.ndarray] = []
+        longest = 0
+        for r in rows:
+            longest_if_added = max(longest, len(r))
+            values = per_position * (len(current) + 1) * longest_if_added**2
+            if current and values > self._attention_values_per_chunk:
+                groups.append(current)
+                current, longest_if_added = [], len(r)
+            current.append(r)
+            longest = longest_if_added
+        if current:
+            groups.append(current)
+        return groups
+
+    def warm_up(self, max_batch_size: int, max_batch_tokens: int) -> None:
+        """Run the largest batch the settings allow, so shape or memory errors show at start-up, not at load."""
+        length = self.manifest.max_seq_length
+        rows = max(1, min(max_batch_size, max_batch_tokens // length))
+        filler = np.full(length, 1000, dtype=np.int64)
+        filler[0] = self.manifest.raw.get("special_tokens", {}).get("cls", 101)
+        for graph, n in ((EMBED, rows), (TOKENS, 1), (ATTENTION, 1)):
+            if graph in self._sessions:
+                out = self.execute(self.prepare(graph, [filler] * n))
+                if not np.isfinite(out[0].embedding).all():
+                    raise ProviderError(f"warm-up of graph {graph!r} produced non-finite values")
+        logger.info("warm-up done: %d rows × %d tokens on %s", rows, length, self.variant)

@@ -1,0 +1,69 @@
+"""Every knob of the server, read once from `EMBED_*` environment variables (docs/contract.md §2).
+
+One flat pydantic-settings root: the names map one-to-one onto the contract's env table, so an operator can grep
+for a variable and land here. `create_app(settings)` takes an instance; tests build their own `Settings(...)`
+instead of mutating the environment.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Server configuration. Defaults are the contract's; invalid values fail at start-up, not at first request."""
+
+    model_config = SettingsConfigDict(env_prefix="EMBED_", extra="ignore", frozen=True)
+
+    artifact_dir: Path = Path("artifacts/all-MiniLM-L6-v2")
+    served_model_name: str | None = None
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+
+    graph_variant: Literal["fp32", "int8", "fp16"] = "fp32"
+    provider: Literal["auto", "cpu", "cuda"] = "auto"
+    require_gpu: bool = False
+    intra_op_threads: int = Field(0, ge=0)
+    inter_op_threads: int = Field(1, ge=0)
+
+    max_batch_size: int = Field(64, ge=1)
+    max_batch_tokens: int = Field(16384, ge=1)
+    max_wait_ms: float = Field(2.0, ge=0)
+    max_queue_size: int = Field(2048, ge=1)
+    queue_timeout_s: float = Field(10.0, gt=0)
+
+    max_body_bytes: int = Field(2_000_000, ge=1)
+    max_inputs_per_request: int = Field(256, ge=1)
+    max_chars_per_input: int = Field(100_000, ge=1)
+    max_tokens_per_request: int = Field(65536, ge=1)
+    attention_budget: int = Field(4_000_000, ge=0)
+
+    api_key: SecretStr | None = None
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+
+    graceful_timeout_s: float = Field(20.0, ge=0)
+    watchdog_timeout_s: float = Field(30.0, gt=0)
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: object) -> object:
+        """Accept the env form `a,b` as well as a list, so `EMBED_CORS_ORIGINS=https://x,https://y` works."""
+        if isinstance(value, str):
+            return [o.strip() for o in value.split(",") if o.strip()]
+        return value
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _lower_level(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value
+
+    @field_validator("api_key", mode="before")
+    @classmethod
+    def _empty_key_is_unset(cls, value: object) -> object:
+        """`EMBED_API_KEY=` (empty) means open, not "the empty string is the key"."""
+        return None if value == "" else value

@@ -1,0 +1,216 @@
+"""Text -> token ids with an explicit truncation policy (never silent) and per-token offsets.
+
+tokenizer.json arrives with truncation and padding disabled (contract §1). We never turn them on, because the
+`Tokenizer` object is shared across threads and its truncation setting is global mutable state. Instead each text
+is encoded without special tokens, cut by `Encoding.truncate` when allowed, and only then given its special tokens
+by `post_process`, so the cut never lands on [SEP] and we always know the length before the cut.
+
+Characters are capped before tokenizing so a 1 MB string cannot hold a tokenizer thread for long.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from collections.abc import Callable, Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from tokenizers import Encoding, Tokenizer
+
+from service.errors import ArtifactError, InvalidRequestError
+
+logger = logging.getLogger(__name__)
+
+Direction = Literal["right", "left"]
+
+
+@dataclass(frozen=True)
+class Token:
+    """One token as shown to clients; `start`/`end` are character offsets into the (capped) input text."""
+
+    id: int
+    text: str
+    start: int | None
+    end: int | None
+    special: bool
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """A tokenized input, ready for the batcher.
+
+    `token_count` is the model-visible length (specials included); `original_token_count` is what the text
+    would have needed without truncation (counted on the character-capped text when that cap applied).
+    """
+
+    ids: np.ndarray  # (T,) int64
+    truncated: bool
+    token_count: int
+    original_token_count: int
+    char_count: int
+    token_source: Callable[[], tuple[Token, ...]] = field(repr=False, compare=False, default=tuple)
+
+    @functools.cached_property
+    def tokens(self) -> tuple[Token, ...]:
+        """Built on first use only: most requests (/embed) never look at tokens, and 16k Python objects per
+        full batch would cost more than the tokenizing itself."""
+        return self.token_source()
+
+
+@dataclass(frozen=True)
+class TruncationPolicy:
+    """What to do with an input longer than the model's window."""
+
+    truncate: bool = True
+    direction: Direction = "right"
+
+
+class TextTokenizer:
+    """Thread-safe wrapper over `tokenizers.Tokenizer` that applies the service's limits."""
+
+    def __init__(self, path: Path, *, max_length: int, max_chars: int, vocab_size: int | None = None) -> None:
+        try:
+            self._tok = Tokenizer.from_file(str(path))
+        except Exception as exc:  # the Rust side raises a bare Exception on a bad file
+            raise ArtifactError(f"tokenizer unreadable: {path}: {exc}") from None
+        # A tokenizer.json that truncates or pads on its own would hide truncation from us.
+        self._tok.no_truncation()
+        self._tok.no_padding()
+        self.max_length = max_length
+        self.max_chars = max_chars
+        self.vocab_size = vocab_size or self._tok.get_vocab_size(with_added_tokens=True)
+        self._n_special = self._tok.num_special_tokens_to_add(False)
+        if max_length <= self._n_special:
+            raise ArtifactError(f"max_seq_length {max_length} leaves no room for text in {path}")
+
+    @property
+    def content_budget(self) -> int:
+        """Tokens left for text once the special tokens ([CLS], [SEP]) are placed."""
+        return self.max_length - self._n_special
+
+    def encode_batch(
+        self,
+        texts: Sequence[str],
+        policy: TruncationPolicy,
+        *,
+        add_special_tokens: bool = True,
+        enforce_window: bool = True,
+        allow_empty: bool = False,
+    ) -> list[Encoded]:
+        """Tokenize `texts`; raises InvalidRequestError (param ``input[i]``) for unusable or over-long ones.
+
+        `enforce_window=False` (for /tokenize) skips the model-window check; the character cap always applies.
+        Blocking (the Rust tokenizer parallelises internally); call `aencode_batch` from async code.
+        """
+        capped: list[str] = []
+        char_cut: list[bool] = []
+        for i, text in enumerate(texts):
+            _check_encodable(text, i)
+            if len(text) > self.max_chars:
+                if not policy.truncate:
+                    raise InvalidRequestError(
+                        f"input[{i}] has {len(text)} characters, max {self.max_chars} (truncation is off)",
+                        param=f"input[{i}]",
+                        code="input_too_long",
+                    )
+                text = text[: self.max_chars]
+                char_cut.append(True)
+            else:
+                char_cut.append(False)
+            capped.append(text)
+
+        raw = self._tok.encode_batch(capped, add_special_tokens=False)
+        out: list[Encoded] = []
+        budget = self.content_budget
+        for i, (text, enc) in enumerate(zip(capped, raw, strict=True)):
+            n_content = len(enc.ids)
+            if n_content == 0 and not allow_empty:
+                raise InvalidRequestError(
+                    f"input[{i}] must contain non-whitespace text (it has no tokens after normalisation)",
+                    param=f"input[{i}]",
+                    code="empty_input",
+                )
+            original = n_content + (self._n_special if add_special_tokens else 0)
+            truncated = char_cut[i]
+            if enforce_window and n_content > budget:
+                if not policy.truncate:
+                    raise InvalidRequestError(
+                        f"input[{i}] has {original} tokens, max {self.max_length} (truncation is off)",
+                        param=f"input[{i}]",
+                        code="input_too_long",
+                    )
+                enc.truncate(budget, direction=policy.direction)
+                truncated = True
+            if add_special_tokens:
+                enc = self._tok.post_process(enc, add_special_tokens=True)
+            out.append(self._to_encoded(text, enc, truncated, original))
+        return out
+
+    def encode_ids(self, ids_list: Sequence[Sequence[int]], policy: TruncationPolicy) -> list[Encoded]:
+        """Accept pre-tokenized input verbatim (specials are the client's business), with the same limits."""
+        out: list[Encoded] = []
+        for i, ids in enumerate(ids_list):
+            if len(ids) == 0:
+                raise InvalidRequestError(f"input[{i}] must not be empty", param=f"input[{i}]", code="empty_input")
+            arr = np.asarray(ids, dtype=np.int64)
+            if int(arr.min()) < 0 or int(arr.max()) >= self.vocab_size:
+                raise InvalidRequestError(
+                    f"input[{i}] has token ids outside [0, {self.vocab_size})", param=f"input[{i}]"
+                )
+            original = len(arr)
+            truncated = False
+            if original > self.max_length:
+                if not policy.truncate:
+                    raise InvalidRequestError(
+                        f"input[{i}] has {original} tokens, max {self.max_length} (truncation is off)",
+                        param=f"input[{i}]",
+                        code="input_too_long",
+                    )
+                arr = arr[: self.max_length] if policy.direction == "right" else arr[-self.max_length :]
+                truncated = True
+
+            def source(arr: np.ndarray = arr) -> tuple[Token, ...]:
+                return tuple(Token(int(t), self._tok.id_to_token(int(t)) or "", None, None, False) for t in arr)
+
+            out.append(Encoded(np.ascontiguousarray(arr), truncated, len(arr), original, 0, source))
+        return out
+
+    async def aencode_batch(
+        self,
+        texts: Sequence[str],
+        policy: TruncationPolicy,
+        executor: Executor | None = None,
+        **options: bool,
+    ) -> list[Encoded]:
+        """Tokenize off the event loop, so a long text never stalls other requests or /health."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(executor, functools.partial(self.encode_batch, texts, policy, **options))
+
+    @staticmethod
+    def _to_encoded(text: str, enc: Encoding, truncated: bool, original: int) -> Encoded:
+        ids = np.asarray(enc.ids, dtype=np.int64)
+
+        def source() -> tuple[Token, ...]:
+            return tuple(
+                Token(id=int(tid), text=tok, start=None if sp else start, end=None if sp else end, special=bool(sp))
+                for tid, tok, (start, end), sp in zip(
+                    enc.ids, enc.tokens, enc.offsets, enc.special_tokens_mask, strict=True
+                )
+            )
+
+        return Encoded(ids, truncated, len(ids), original, len(text), source)
+
+
+def _check_encodable(text: str, index: int) -> None:
+    """Lone surrogates cannot cross into Rust; report them without echoing the text."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidRequestError(
+            f"input[{index}] is not valid Unicode text (lone surrogate)", param=f"input[{index}]", code="invalid_text"
+        ) from None
