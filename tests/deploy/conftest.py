@@ -54,7 +54,10 @@ def _compose_v2_or_later(argv: list[str]) -> bool:
         return False
     if out.returncode != 0:
         return False
-    version = json.loads(out.stdout).get("version", "").lstrip("v")
+    try:
+        version = str(json.loads(out.stdout).get("version", "")).lstrip("v")
+    except (json.JSONDecodeError, AttributeError):
+        return False
     return version[:1].isdigit() and int(version.split(".")[0]) >= 2
 
 
