@@ -59,7 +59,7 @@ class ItemResult:
     encoded: Encoded
     embedding: np.ndarray  # (dimensions,) float32
     token_embeddings: np.ndarray | None = None  # (T, D)
-    attention: np.ndarray | None = None  # (L_sel, H_sel, T, T), or (L_sel, T, T) when aggregated
+    attention: np.ndarray | None = None  # (L_sel, H_sel, T, T); H_sel = 1 when averaged over heads
     layers: tuple[int, ...] = ()
     heads: tuple[int, ...] = ()
 
@@ -235,7 +235,7 @@ class Engine:
             heads = spec.heads if spec.heads is not None else tuple(range(row.attentions.shape[1]))
             attention = row.attentions[list(layers)][:, list(heads)]  # (L_sel, H_sel, T, T)
             if spec.aggregate == "mean":
-                attention = attention.mean(axis=1)  # (L_sel, T, T)
+                attention = attention.mean(axis=1, keepdims=True)  # (L_sel, 1, T, T): always 4-D
         return ItemResult(
             encoded=encoded,
             embedding=vector,

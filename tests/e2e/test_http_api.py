@@ -155,8 +155,8 @@ def test_encode_with_tokens_and_attention(client: httpx.Client) -> None:
 
     mean = client.post("/v1/encode", json={"input": "attention please", "attention": {"aggregate": "mean"}})
     m = mean.json()["data"][0]["attention"]
-    assert m["shape"] == [n_layers, t, t] and m["heads"] == "mean"
-    np.testing.assert_allclose(np.asarray(m["data"]), maps.mean(axis=1), atol=1e-5)
+    assert m["shape"] == [n_layers, 1, t, t] and m["heads"] == "mean"
+    np.testing.assert_allclose(np.asarray(m["data"]), maps.mean(axis=1, keepdims=True), atol=1e-5)
 
 
 def test_attention_budget_and_bad_selection(client: httpx.Client) -> None:
