@@ -75,6 +75,7 @@ def batcher_config(settings: Settings) -> BatcherConfig:
     return BatcherConfig(
         max_batch_size=settings.max_batch_size,
         max_batch_tokens=settings.max_batch_tokens,
+        padding_slack_tokens=settings.batch_padding_slack_tokens,
         max_wait_ms=settings.max_wait_ms,
         max_queue_size=settings.max_queue_size,
         queue_timeout_s=settings.queue_timeout_s,

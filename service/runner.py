@@ -108,6 +108,10 @@ class OnnxRunner:
         # Shapes change every batch; the memory pattern would cache a plan per shape and grow RSS (§3.1).
         options.enable_mem_pattern = False
         options.log_severity_level = 3
+        if not settings.intra_op_spinning:
+            # Spinning intra-op threads keep cores busy between runs; on a small CPU that starves the event
+            # loop and the tokenizer threads that prepare the next batch.
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         wanted, reason = self._wanted_providers(settings)
         try:
             session = ort.InferenceSession(str(path), sess_options=options, providers=wanted)

@@ -29,9 +29,11 @@ class Settings(BaseSettings):
     require_gpu: bool = False
     intra_op_threads: int = Field(0, ge=0)
     inter_op_threads: int = Field(1, ge=0)
+    intra_op_spinning: bool = False
 
     max_batch_size: int = Field(64, ge=1)
     max_batch_tokens: int = Field(16384, ge=1)
+    batch_padding_slack_tokens: int = Field(16, ge=0)
     max_wait_ms: float = Field(2.0, ge=0)
     max_queue_size: int = Field(2048, ge=1)
     queue_timeout_s: float = Field(10.0, gt=0)

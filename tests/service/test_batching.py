@@ -231,6 +231,20 @@ def test_token_budget_counts_the_padding_a_longer_row_adds() -> None:
 # 2. length-aware grouping and fairness
 
 
+@pytest.mark.parametrize(("slack", "expected"), [(16, [[10, 10, 11], [200]]), (10_000, [[10, 10, 11, 200]])])
+def test_a_row_that_would_add_more_padding_than_the_slack_goes_elsewhere(slack: int, expected: list) -> None:
+    """Compute is ~proportional to padded tokens: 3 short rows padded to 200 cost 4x their real size."""
+    rows = [tokens(0, 10), tokens(1, 10), tokens(2, 200), tokens(3, 11)]
+    runner = FakeRunner()
+
+    async def main() -> None:
+        async with started(runner, max_batch_size=8, max_wait_ms=20, padding_slack_tokens=slack) as b:
+            assert_results(await embed(b, rows), rows)
+
+    run(main)
+    assert sorted(sorted(len(r) for r in c.rows) for c in runner.executes()) == expected
+
+
 def test_mixed_lengths_are_grouped_with_low_padding_waste() -> None:
     rng = np.random.default_rng(0)
     lengths = [int(n) for n in rng.integers(1, 129, size=64)]
@@ -238,7 +252,9 @@ def test_mixed_lengths_are_grouped_with_low_padding_waste() -> None:
     runner = FakeRunner()
 
     async def main() -> None:
-        async with started(runner, max_batch_size=8, max_batch_tokens=100_000, max_wait_ms=20) as b:
+        # Slack off (large): this test is about grouping full batches by length, not about splitting them.
+        async with started(runner, max_batch_size=8, max_batch_tokens=100_000, max_wait_ms=20,
+                           padding_slack_tokens=10_000) as b:
             assert_results(await embed(b, rows), rows)
 
     run(main)
