@@ -1,12 +1,13 @@
 """Served throughput and latency vs sentence-transformers in-process, measured side by side in one run.
 
-    .venv/bin/python -m bench.bench_serving [--graph fp32] [--requests 384] [--max-seconds 60]
+    .venv/bin/python -m bench.bench_serving [--graph fp32] [--rounds 3] [--max-seconds 30]
 
-Scenarios over HTTP (one real server process, POST /embed): concurrency 1 and 32 with one sentence per request,
-and concurrency 4 with 32 sentences per request; then, with the server stopped, sentence-transformers `encode`
-in-process on the same corpus at several batch sizes (its best is the baseline), and the bare onnxruntime session
-on length-sorted batches (what the hardware gives without HTTP). Prints a markdown table and writes JSON to
-bench/results/. Every loop is bounded in count and seconds.
+Contenders, interleaved in rounds so that a change in the (shared) machine's load hits all alike:
+HTTP to one real server process (POST /embed) at concurrency 1 and 32 with one sentence per request and
+concurrency 4 with 32 sentences per request; sentence-transformers `encode` in-process at its best batch size
+(the baseline); and the bare onnxruntime session on length-sorted batches (what the model costs without HTTP or
+batching). Prints medians and paired per-round ratios as a markdown table; writes JSON to bench/results/. Every
+loop is bounded in count and seconds.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from typing import Any
 import httpx
 import numpy as np
 
+from bench.closed_loop import Request, closed_loop
 from bench.corpus import sentences
 from bench.server_process import REPO, running_server
 
@@ -31,62 +33,37 @@ log = logging.getLogger("bench.serving")
 ARTIFACT = REPO / "artifacts" / "all-MiniLM-L6-v2"
 
 
-def percentile(values: list[float], q: float) -> float:
-    return float(np.percentile(values, q)) if values else float("nan")
-
-
 async def http_scenario(url: str, corpus: list[str], *, concurrency: int, per_request: int, requests: int,
                         max_seconds: float) -> dict[str, Any]:
-    """Closed loop: `concurrency` clients each send requests back to back until the count or time is used up."""
-    latencies: list[float] = []
-    statuses: dict[int, int] = {}
-    next_index = 0
-    deadline = time.monotonic() + max_seconds
-
-    async def client(http: httpx.AsyncClient) -> None:
-        nonlocal next_index
-        while next_index < requests and time.monotonic() < deadline:
-            i = next_index
-            next_index += 1
-            start = (i * per_request) % len(corpus)
-            batch = (corpus + corpus[:per_request])[start:start + per_request]
-            body = {"inputs": batch if per_request > 1 else batch[0]}
-            t0 = time.perf_counter()
-            response = await http.post(f"{url}/embed", json=body)
-            latencies.append((time.perf_counter() - t0) * 1000)
-            statuses[response.status_code] = statuses.get(response.status_code, 0) + 1
-
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(timeout=60.0, limits=limits) as http:
-        await http.post(f"{url}/embed", json={"inputs": corpus[:per_request]})  # connection warm-up
-        t0 = time.perf_counter()
-        await asyncio.gather(*(client(http) for _ in range(concurrency)))
-        elapsed = time.perf_counter() - t0
-    done = statuses.get(200, 0)
-    return {"concurrency": concurrency, "per_request": per_request, "requests": sum(statuses.values()),
-            "statuses": statuses, "seconds": elapsed, "sentences_per_s": done * per_request / elapsed,
-            "p50_ms": percentile(latencies, 50), "p99_ms": percentile(latencies, 99)}
+    """Closed loop on POST /embed: `concurrency` clients send `per_request` consecutive corpus sentences each."""
+    wrapped = corpus + corpus[:per_request]
+    prepared = []
+    for i in range(requests):
+        start = (i * per_request) % len(corpus)
+        batch = wrapped[start:start + per_request]
+        prepared.append(Request({"inputs": batch if per_request > 1 else batch[0]}, per_request, 0))
+    result = await closed_loop(url, "/embed", prepared, concurrency=concurrency, max_requests=requests,
+                               max_seconds=max_seconds)
+    return {"per_request": per_request, **result}
 
 
-def sentence_transformers_best(corpus: list[str], max_seconds: float) -> dict[str, Any]:
-    """The library the service replaces, at its best batch size on this corpus (it sorts by length itself)."""
+def sentence_transformers_model():
     from sentence_transformers import SentenceTransformer
 
     from tests.tiny_checkpoint import minilm_dir
 
-    model = SentenceTransformer(str(minilm_dir()), device="cpu")
-    model.encode(corpus[:64], batch_size=32)
-    results = {}
-    for batch_size in (16, 32, 64):
-        t0 = time.perf_counter()
-        n = 0
-        while n < len(corpus) and time.perf_counter() - t0 < max_seconds:
-            chunk = corpus[n:n + 256]
-            model.encode(chunk, batch_size=batch_size)
-            n += len(chunk)
-        results[batch_size] = n / (time.perf_counter() - t0)
-    best = max(results, key=results.__getitem__)
-    return {"by_batch_size": results, "best_batch_size": best, "sentences_per_s": results[best]}
+    return SentenceTransformer(str(minilm_dir()), device="cpu")
+
+
+def sentence_transformers_rate(model, corpus: list[str], batch_size: int, max_seconds: float) -> float:
+    """The library the service replaces: `encode` over the corpus in chunks (it sorts each chunk by length)."""
+    t0 = time.perf_counter()
+    n = 0
+    while n < len(corpus) and time.perf_counter() - t0 < max_seconds:
+        chunk = corpus[n:n + 256]
+        model.encode(chunk, batch_size=batch_size, show_progress_bar=False)
+        n += len(chunk)
+    return n / (time.perf_counter() - t0)
 
 
 def onnxruntime_sorted(corpus: list[str], graph: str, batch_size: int = 32) -> dict[str, Any]:
@@ -116,47 +93,71 @@ def onnxruntime_sorted(corpus: list[str], graph: str, batch_size: int = 32) -> d
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--graph", default="fp32", choices=["fp32", "int8"])
     parser.add_argument("--sentences", type=int, default=768, help="corpus size (fixed seed)")
-    parser.add_argument("--max-seconds", type=float, default=60.0, help="cap per scenario")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; medians are reported")
+    parser.add_argument("--max-seconds", type=float, default=30.0, help="cap per scenario per round")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
     args = parser.parse_args()
     corpus = sentences(args.sentences, seed=7, profile="mixed")
     report: dict[str, Any] = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
-                              "graph": args.graph, "corpus": {"sentences": len(corpus), "profile": "mixed", "seed": 7}}
+                              "graph": args.graph, "corpus": {"sentences": len(corpus), "profile": "mixed", "seed": 7},
+                              "rounds": []}
+    model = sentence_transformers_model()
+    by_batch = {bs: sentence_transformers_rate(model, corpus[:256], bs, args.max_seconds) for bs in (16, 32, 64)}
+    best_batch = max(by_batch, key=by_batch.__getitem__)
+    log.info("sentence-transformers batch sizes %s: best %d", {k: round(v, 1) for k, v in by_batch.items()}, best_batch)
     env = {"EMBED_ARTIFACT_DIR": str(ARTIFACT), "EMBED_GRAPH_VARIANT": args.graph}
+    scenarios = (("c1x1", 1, 1), ("c32x1", 32, 1), ("c4x32", 4, 32))
     with running_server(env) as (url, _pid):
-        http: dict[str, Any] = {}
-        for name, concurrency, per_request in (("c1x1", 1, 1), ("c32x1", 32, 1), ("c4x32", 4, 32)):
-            n_requests = len(corpus) // per_request
-            log.info("HTTP %s: %d clients x %d sentences, %d requests", name, concurrency, per_request, n_requests)
-            http[name] = asyncio.run(http_scenario(url, corpus, concurrency=concurrency, per_request=per_request,
-                                                   requests=n_requests, max_seconds=args.max_seconds))
-            log.info("  %.1f sentences/s, p50 %.1f ms, p99 %.1f ms, statuses %s", http[name]["sentences_per_s"],
-                     http[name]["p50_ms"], http[name]["p99_ms"], http[name]["statuses"])
+        # Rounds interleave every contender so that a change in machine load hits all of them alike
+        # (this machine is shared); the per-round ratios are paired, their median is the figure to quote.
+        for round_no in range(args.rounds):
+            row: dict[str, Any] = {}
+            for name, concurrency, per_request in scenarios:
+                n_requests = len(corpus) // per_request // (4 if name == "c1x1" else 1)
+                row[name] = asyncio.run(http_scenario(url, corpus, concurrency=concurrency, per_request=per_request,
+                                                      requests=n_requests, max_seconds=args.max_seconds))
+            row["sentence_transformers"] = sentence_transformers_rate(model, corpus, best_batch, args.max_seconds)
+            row["onnxruntime_sorted"] = onnxruntime_sorted(corpus, args.graph)["sentences_per_s"]
+            log.info("round %d: %s", round_no + 1, {k: round(v["sentences_per_s"] if isinstance(v, dict) else v, 1)
+                                                  for k, v in row.items()})
+            report["rounds"].append(row)
         metrics = httpx.get(f"{url}/metrics").text
-    report["http"] = http
     report["batch_size_sum_count"] = [line for line in metrics.splitlines()
                                       if line.startswith(("embed_batch_size_sum", "embed_batch_size_count"))]
-    log.info("sentence-transformers in-process")
-    report["sentence_transformers"] = sentence_transformers_best(corpus, args.max_seconds)
-    log.info("onnxruntime bare session, sorted batches")
-    report["onnxruntime_sorted"] = onnxruntime_sorted(corpus, args.graph)
-    st = report["sentence_transformers"]["sentences_per_s"]
-    report["ratio_c32_vs_st_best"] = http["c32x1"]["sentences_per_s"] / st
-    report["ratio_c4x32_vs_st_best"] = http["c4x32"]["sentences_per_s"] / st
+    rounds = report["rounds"]
+
+    def med(values: list[float]) -> float:
+        return float(np.median(values))
+
+    st = med([r["sentence_transformers"] for r in rounds])
+    summary = {}
+    for name, _, _ in scenarios:
+        summary[name] = {
+            "sentences_per_s": med([r[name]["sentences_per_s"] for r in rounds]),
+            "p50_ms": med([r[name]["p50_ms"] for r in rounds]),
+            "p99_ms": med([r[name]["p99_ms"] for r in rounds]),
+            "paired_ratio_vs_st": med([r[name]["sentences_per_s"] / r["sentence_transformers"] for r in rounds]),
+        }
+    ort_rate = med([r["onnxruntime_sorted"] for r in rounds])
+    report["summary"] = {"http": summary, "sentence_transformers": st, "st_best_batch": best_batch,
+                         "onnxruntime_sorted": ort_rate,
+                         "ort_paired_ratio_vs_st": med([r["onnxruntime_sorted"] / r["sentence_transformers"]
+                                                        for r in rounds])}
     args.out.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     (args.out / f"serving-{args.graph}-{stamp}.json").write_text(json.dumps(report, indent=2))
-    lines = ["| scenario | sentences/s | p50 ms | p99 ms | ratio vs ST best |", "|---|---|---|---|---|"]
-    for name, row in http.items():
+    lines = [f"medians of {len(rounds)} interleaved rounds; graph {args.graph}",
+             "| scenario | sentences/s | p50 ms | p99 ms | paired ratio vs ST |", "|---|---|---|---|---|"]
+    for name, row in summary.items():
         lines.append(f"| HTTP {name} | {row['sentences_per_s']:.1f} | {row['p50_ms']:.1f} | {row['p99_ms']:.1f} | "
-                     f"{row['sentences_per_s'] / st:.2f}x |")
-    lines.append(f"| sentence-transformers in-process (best batch {report['sentence_transformers']['best_batch_size']})"
-                 f" | {st:.1f} | | | 1.00x |")
-    ort_rate = report["onnxruntime_sorted"]["sentences_per_s"]
-    lines.append(f"| onnxruntime bare, sorted batches of 32 | {ort_rate:.1f} | | | {ort_rate / st:.2f}x |")
+                     f"{row['paired_ratio_vs_st']:.2f}x |")
+    lines.append(f"| sentence-transformers in-process (batch {best_batch}) | {st:.1f} | | | 1.00x |")
+    lines.append(f"| onnxruntime bare, sorted batches of 32 | {ort_rate:.1f} | | | "
+                 f"{report['summary']['ort_paired_ratio_vs_st']:.2f}x |")
     print("\n".join(lines))  # noqa: T201 - the table is this script's output
 
 
