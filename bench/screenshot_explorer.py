@@ -1,7 +1,7 @@
 """Regenerate docs/explorer.png: the attention explorer at 1280×800 on a meaningful example.
 
-    .venv/bin/python bench/screenshot_explorer.py                      # starts the server on the real MiniLM
-    .venv/bin/python bench/screenshot_explorer.py --url http://127.0.0.1:8080   # or uses a running one
+    .venv/bin/python -m bench.screenshot_explorer                      # starts the server on the real MiniLM
+    .venv/bin/python -m bench.screenshot_explorer --url http://127.0.0.1:8080   # or uses a running one
 
 The example asks the explorer's own question: does the pronoun attend to the noun it refers to? The script
 finds, from the API, the layer and head where "it" attends most to "cat", selects them in the page, focuses
@@ -13,21 +13,14 @@ from __future__ import annotations
 
 import argparse
 import base64
-import contextlib
 import logging
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
+from bench.server_process import REPO, running_server
+
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -38,40 +31,8 @@ EXAMPLE = [
     "A kitten was sleeping on the rug.",
     "Stock markets fell sharply on Monday.",
 ]
-START_TIMEOUT_S = 120.0
 
 logger = logging.getLogger("screenshot_explorer")
-
-
-@contextlib.contextmanager
-def local_server(artifact_dir: Path) -> Iterator[str]:
-    """`python -m service` on a free 127.0.0.1 port until the block ends; yields its base URL."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("EMBED_")}
-    env.update(EMBED_ARTIFACT_DIR=str(artifact_dir), EMBED_HOST="127.0.0.1", EMBED_PORT=str(port))
-    proc = subprocess.Popen([sys.executable, "-m", "service"], cwd=REPO, env=env)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while True:
-            if proc.poll() is not None:
-                raise SystemExit(f"server exited with {proc.returncode}")
-            with contextlib.suppress(httpx.TransportError):
-                if httpx.get(f"{base}/ready", timeout=2.0).status_code == 200:
-                    break
-            if time.monotonic() > deadline:
-                raise SystemExit(f"server not ready after {START_TIMEOUT_S:.0f}s")
-            time.sleep(0.2)
-        yield base
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def pick_layer_head(base: str, text: str, focus: str, target: str) -> tuple[int, int, int, int]:
@@ -132,7 +93,7 @@ def main() -> None:
     if args.url:
         screenshot(args.url.rstrip("/"), args.out, args.lines, args.focus, args.target)
         return
-    with local_server(args.artifact_dir) as base:
+    with running_server({"EMBED_ARTIFACT_DIR": str(args.artifact_dir)}) as (base, _pid):
         screenshot(base, args.out, args.lines, args.focus, args.target)
 
 
