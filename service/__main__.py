@@ -6,14 +6,19 @@ model: a crash loop with a clear reason instead of a pod that listens but never 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import signal
+import socket
 import sys
+from types import FrameType
 
 import uvicorn
 
 from service.app import begin_drain, build_core, create_app
 from service.errors import ServiceError
+from service.logs import configure_logging
+from service.protocol import header_deadline_protocol
 from service.settings import Settings
 
 logger = logging.getLogger("service")
@@ -22,15 +27,33 @@ EXIT_STARTUP_FAILED = 2
 
 
 class _DrainingServer(uvicorn.Server):
-    """uvicorn's server, but /ready turns 503 the moment SIGTERM/SIGINT arrives, not after connections close."""
+    """uvicorn's server, but /ready turns 503 the moment SIGTERM/SIGINT arrives, not after connections close.
 
-    def __init__(self, config: uvicorn.Config, app: object) -> None:
+    With `drain_delay_s` > 0 the listener stays open (serving, /ready 503) that long before uvicorn's graceful
+    shutdown starts, so load balancers observe the 503 before connections are refused. A second signal during
+    the delay shuts down at once.
+    """
+
+    def __init__(self, config: uvicorn.Config, app: object, drain_delay_s: float) -> None:
         super().__init__(config)
         self._app = app
+        self._drain_delay_s = drain_delay_s
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._delaying = False
 
-    def handle_exit(self, sig: int, frame: object) -> None:
+    async def serve(self, sockets: list[socket.socket] | None = None) -> None:
+        self._loop = asyncio.get_running_loop()
+        await super().serve(sockets)
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         begin_drain(self._app)  # type: ignore[arg-type]
-        super().handle_exit(sig, frame)  # type: ignore[arg-type]
+        if self._drain_delay_s > 0 and not self._delaying and self._loop is not None:
+            self._delaying = True  # runs in the signal handler: hand the timer to the loop thread-safely
+            self._loop.call_soon_threadsafe(
+                self._loop.call_later, self._drain_delay_s, super().handle_exit, sig, frame
+            )
+            return
+        super().handle_exit(sig, frame)
 
 
 def main() -> int:
@@ -40,10 +63,7 @@ def main() -> int:
         logging.basicConfig(level=logging.ERROR)
         logger.error("invalid EMBED_* settings: %s", exc)
         return EXIT_STARTUP_FAILED
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging(settings.log_level)
     try:
         core = build_core(settings)
     except ServiceError as exc:
@@ -55,7 +75,7 @@ def main() -> int:
         host=settings.host,
         port=settings.port,
         loop="uvloop",
-        http="httptools",
+        http=header_deadline_protocol(settings.header_timeout_s),
         lifespan="on",
         log_level=settings.log_level,
         timeout_graceful_shutdown=int(settings.graceful_timeout_s) or None,
@@ -63,7 +83,7 @@ def main() -> int:
         server_header=False,
         log_config=None,
     )
-    server = _DrainingServer(config, app)
+    server = _DrainingServer(config, app, settings.drain_delay_s)
     # uvicorn re-raises the captured SIGTERM/SIGINT after a graceful shutdown, which would end the process
     # "killed by signal"; with these no-op handlers in place a drained shutdown exits 0 instead.
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -24,7 +24,7 @@ from typing import Any
 
 from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import FileResponse, Response
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -32,16 +32,20 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from service import __version__
 from service.api.deps import Services
 from service.api.errors import INTERNAL_ERROR_MESSAGE, error_response, install_error_handlers
-from service.api.routes import ClientDisconnectedError, add_request_bodies, inference, probes
+from service.api.openapi import ServedLimits, describe
+from service.api.routes import ClientDisconnectedError, inference, probes
+from service.api.shed import INFERENCE_PATHS, LoadShedMiddleware
 from service.artifacts import Manifest, load_manifest
-from service.batching import Batcher, BatcherConfig
+from service.batching import Batcher, BatcherConfig, BatchRunner
 from service.engine import Engine
+from service.faults import FaultInjectingRunner
 from service.metrics import Metrics
 from service.runner import OnnxRunner
 from service.settings import Settings
 from service.tokenizer import TextTokenizer
 
 logger = logging.getLogger(__name__)
+access_logger = logging.getLogger("service.access")
 
 STATIC_DIR = Path(__file__).parent / "static"
 _SANE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
@@ -100,7 +104,10 @@ def create_app(settings: Settings, *, core: Core | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         built = core if core is not None else await asyncio.to_thread(build_core, settings)
         services.manifest, services.runner = built.manifest, built.runner
-        batcher = Batcher(built.runner, batcher_config(settings), observer=metrics)
+        batch_runner: BatchRunner = built.runner
+        if settings.fault_injection:
+            batch_runner = FaultInjectingRunner(built.runner, built.tokenizer, settings.fault_duration_s)
+        batcher = Batcher(batch_runner, batcher_config(settings), observer=metrics)
         await batcher.start()
         services.batcher = batcher
         services.engine = Engine(built.manifest, built.tokenizer, batcher, settings, metrics, built.runner.graphs)
@@ -136,8 +143,10 @@ def create_app(settings: Settings, *, core: Core | None = None) -> FastAPI:
         return error_response(499, "client closed the request", "client_closed_request", None, "client_closed")
 
     app.add_exception_handler(ClientDisconnectedError, on_disconnect)
+    app.add_exception_handler(ClientDisconnect, on_disconnect)  # gone while its body was being read
     _mount_explorer(app)
     _describe_bodies(app)
+    app.add_middleware(LoadShedMiddleware)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,
@@ -151,11 +160,20 @@ def create_app(settings: Settings, *, core: Core | None = None) -> FastAPI:
 
 
 def _describe_bodies(app: FastAPI) -> None:
+    """Bodies, replies and errors into /openapi.json; with the served model's limits once it is loaded."""
     base = app.openapi
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            app.openapi_schema = add_request_bodies(base())
+            services: Services = app.state.services
+            m, s = services.manifest, services.settings
+            limits = None
+            if m is not None:
+                vocab = int(m.raw.get("config", {}).get("vocab_size") or 30522)
+                limits = ServedLimits(m.embedding_dim, m.num_layers, m.num_heads, s.max_inputs_per_request, vocab)
+            schema = describe(base(), limits)  # base() caches FastAPI's document in app.openapi_schema
+            app.openapi_schema = schema if limits is not None else None  # no model yet: rebuild with limits later
+            return schema
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
@@ -214,9 +232,24 @@ class RequestContextMiddleware:
         finally:
             self.metrics.inflight.dec()
             route = scope.get("route")
-            label = getattr(route, "path", None) or "unmatched"
+            label = getattr(route, "path", None) or (
+                scope["path"] if scope["path"] in INFERENCE_PATHS else "unmatched"  # shed before routing
+            )
+            elapsed = time.perf_counter() - t0
             self.metrics.requests.labels(label, str(status)).inc()
-            self.metrics.request_duration.labels(label).observe(time.perf_counter() - t0)
+            self.metrics.request_duration.labels(label).observe(elapsed)
+            if access_logger.isEnabledFor(logging.DEBUG):  # client-controlled fields: escaped by service/logs.py
+                access_logger.debug(
+                    "%s %s %d %.1fms rid=%s ua=%s", scope.get("method"), scope.get("path"), status,
+                    elapsed * 1000, request_id, _header(scope, b"user-agent"),
+                )
+
+
+def _header(scope: Scope, name: bytes) -> str:
+    for key, value in scope.get("headers", []):
+        if key == name:
+            return value.decode("utf-8", errors="backslashreplace")[:200]
+    return "-"
 
 
 def _request_id(scope: Scope) -> str:

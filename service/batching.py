@@ -223,6 +223,7 @@ class Batcher:
         self._executing = 0  # batches on the inference thread
         self._last_progress = time.monotonic()
         self._items_per_s = 0.0  # smoothed throughput, for Retry-After
+        self._failed_batches_in_row = 0  # batches whose every row failed, since the last row that worked
         self._started = self._stopping = self._closed = False
         self._dead_reason: str | None = None
         self._loop_task: asyncio.Task[None] | None = None
@@ -283,6 +284,13 @@ class Batcher:
             await asyncio.gather(*tasks, return_exceptions=True)
 
     # ---- admission and submission
+
+    def check_capacity(self) -> None:
+        """Raise what `try_admit(1)` would, without reserving: lets a route refuse before reading the body."""
+        if not self.accepting:
+            raise UnavailableError(self._unavailable_reason() or "the batcher is not accepting work")
+        if self._reserved >= self._cfg.max_queue_size:
+            raise QueueFullError("the server is at capacity; retry later", retry_after_s=self._retry_after_s())
 
     def try_admit(self, n_items: int) -> Admission:
         """Reserve `n_items` queue slots, or raise at once: QueueFullError (429) or UnavailableError (503)."""
@@ -355,6 +363,11 @@ class Batcher:
     @property
     def last_progress_monotonic(self) -> float:
         return self._last_progress
+
+    @property
+    def consecutive_failed_batches(self) -> int:
+        """Batches in a row in which every row failed; any row that computes resets it (readiness trips on it)."""
+        return self._failed_batches_in_row
 
     @property
     def accepting(self) -> bool:
@@ -652,7 +665,9 @@ class Batcher:
             rate = rows / computed.execute_s
             self._items_per_s = rate if self._items_per_s == 0 else 0.8 * self._items_per_s + 0.2 * rate
         self._notify("on_batch", graph, rows, padded, real, computed.execute_s)
-        if n_failed := sum(computed.failed):
+        n_failed = sum(computed.failed)
+        self._failed_batches_in_row = self._failed_batches_in_row + 1 if n_failed == rows else 0
+        if n_failed:
             self._notify("on_failure", n_failed)
 
     def _retry_after_s(self) -> int:

@@ -9,6 +9,7 @@ Order matters for load shedding and fairness:
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Sequence
@@ -25,6 +26,7 @@ from service.errors import (
     InferenceError,
     InvalidRequestError,
     PayloadTooLargeError,
+    ServiceError,
 )
 from service.metrics import Metrics
 from service.runner import ATTENTION, EMBED, TOKENS, RowResult
@@ -151,6 +153,21 @@ class Engine:
             characters=sum(e.char_count for e in encoded),
         )
 
+    async def probe(self, timeout_s: float) -> bool:
+        """One [CLS] [SEP] forward pass through the batcher (TEI's health re-probe); True when it computed.
+
+        A success also resets the batcher's failed-batch streak, which is what lets /ready turn 200 again.
+        """
+        special = self.manifest.raw.get("special_tokens", {})
+        ids = np.asarray([special.get("cls", 101), special.get("sep", 102)], dtype=np.int64)
+        try:
+            with self.batcher.try_admit(1) as admission:
+                async with asyncio.timeout(timeout_s):
+                    (outcome,) = await self.batcher.submit(admission, [BatchItem(ids, EMBED)])
+        except (ServiceError, TimeoutError):
+            return False
+        return outcome.ok
+
     # --- checks ---------------------------------------------------------------------------------------------
 
     def _check_count(self, n: int) -> None:
@@ -228,6 +245,10 @@ class Engine:
         if not np.isfinite(vector).all():
             logger.error("non-finite embedding for an input of %d tokens", encoded.token_count)
             raise InferenceError()
+        tokens = row.token_embeddings if options.token_embeddings else None
+        if tokens is not None and not np.isfinite(tokens).all():
+            logger.error("non-finite token embeddings for an input of %d tokens", encoded.token_count)
+            raise InferenceError()
         attention, layers, heads = None, (), ()
         spec = options.attention
         if spec is not None and row.attentions is not None:
@@ -236,6 +257,9 @@ class Engine:
             attention = row.attentions[list(layers)][:, list(heads)]  # (L_sel, H_sel, T, T)
             if spec.aggregate == "mean":
                 attention = attention.mean(axis=1, keepdims=True)  # (L_sel, 1, T, T): always 4-D
+            if not np.isfinite(attention).all():
+                logger.error("non-finite attention for an input of %d tokens", encoded.token_count)
+                raise InferenceError()
         return ItemResult(
             encoded=encoded,
             embedding=vector,

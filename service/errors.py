@@ -5,16 +5,23 @@ Every error carries a message that is safe to show a client: it never contains t
 
     ServiceError
     ├── RequestError                 the caller sent something we will not compute (4xx)
-    │   ├── InvalidRequestError      well-formed but invalid (422): empty text, bad option, over-long input
+    │   ├── InvalidJSONError         the body is not parseable JSON: syntax, UTF-8, nesting depth (400)
+    │   ├── AuthenticationError      API key missing or wrong (401, WWW-Authenticate: Bearer)
+    │   ├── RouteNotFoundError       no such route (404)
     │   ├── ModelNotFoundError       unknown `model` name (404)
+    │   ├── MethodNotAllowedError    the route exists, the method does not (405, Allow)
+    │   ├── RequestTimeoutError      the body did not arrive within the body deadline (408)
     │   ├── PayloadTooLargeError     body or inputs over a limit (413)
+    │   ├── UnsupportedMediaTypeError  not JSON, or a Content-Encoding (415)
+    │   ├── InvalidRequestError      well-formed but invalid (422): empty text, bad option, over-long input
     │   └── AttentionBudgetError     attention output over the configured budget (422)
     ├── OverloadError                we cannot take this now; the caller may retry (429/503, Retry-After)
     │   ├── QueueFullError           admission queue full (429)
     │   ├── QueueTimeoutError        waited past the queue deadline; never computed (503)
     │   └── UnavailableError         not ready, draining, or the batcher is wedged (503)
     ├── InferenceError               the model run failed for this input (500, fixed generic message)
-    └── ArtifactError                the artifact directory is missing, corrupt or inconsistent (start-up only)
+    ├── ArtifactError                the artifact directory is missing, corrupt or inconsistent (start-up only)
+    └── ProviderError                the execution provider or graph cannot run here (start-up only)
 """
 
 from __future__ import annotations
@@ -39,6 +46,34 @@ class ServiceError(Exception):
 
 class RequestError(ServiceError):
     code = "invalid_request"
+
+
+class InvalidJSONError(RequestError):
+    """The body is not parseable JSON (bad syntax, bad UTF-8, nesting too deep)."""
+
+    code = "invalid_json"
+
+
+class AuthenticationError(RequestError):
+    code = "invalid_api_key"
+
+
+class RouteNotFoundError(RequestError):
+    code = "not_found"
+
+
+class MethodNotAllowedError(RequestError):
+    code = "method_not_allowed"
+
+
+class RequestTimeoutError(RequestError):
+    """The client sent its body too slowly (slow-body / slowloris guard); the connection is closed after it."""
+
+    code = "request_timeout"
+
+
+class UnsupportedMediaTypeError(RequestError):
+    code = "unsupported_media_type"
 
 
 class InvalidRequestError(RequestError):
@@ -94,3 +129,9 @@ class ArtifactError(ServiceError):
     """Raised at start-up only: the process must exit with one clear line naming the file."""
 
     code = "artifact_error"
+
+
+class ProviderError(ServiceError):
+    """Start-up only: the requested execution provider or graph cannot run here (e.g. REQUIRE_GPU on CPU)."""
+
+    code = "provider_error"

@@ -22,7 +22,7 @@ import numpy as np
 import onnxruntime as ort
 
 from service.artifacts import Manifest
-from service.errors import ServiceError
+from service.errors import ProviderError
 from service.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -39,12 +39,6 @@ _OUTPUTS = {
     TOKENS: ("sentence_embedding", "last_hidden_state"),
     ATTENTION: ("sentence_embedding", "last_hidden_state", "attentions"),
 }
-
-
-class ProviderError(ServiceError):
-    """Start-up only: the requested execution provider or graph cannot run here (e.g. REQUIRE_GPU on CPU)."""
-
-    code = "provider_error"
 
 
 @dataclass(frozen=True)
@@ -82,6 +76,7 @@ class OnnxRunner:
         self.pad_id = manifest.pad_token_id
         self.variant = settings.graph_variant
         self._attention_values_per_chunk = max(settings.attention_budget, 1)
+        self._pad_multiple = settings.pad_to_multiple
         self.provider, self.provider_reason = "", ""
         variant_spec = manifest.graph(settings.graph_variant)
         self._sessions: dict[str, ort.InferenceSession] = {}
@@ -106,7 +101,7 @@ class OnnxRunner:
         options.inter_op_num_threads = settings.inter_op_threads
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         # Shapes change every batch; the memory pattern would cache a plan per shape and grow RSS (§3.1).
-        options.enable_mem_pattern = False
+        options.enable_mem_pattern = settings.ort_mem_pattern
         options.log_severity_level = 3
         if not settings.intra_op_spinning:
             # Spinning intra-op threads keep cores busy between runs; on a small CPU that starves the event
@@ -182,9 +177,19 @@ class OnnxRunner:
 
     # --- helpers --------------------------------------------------------------------------------------------
 
+    def padded_width(self, longest: int) -> int:
+        """`longest` rounded up to a multiple of `pad_to_multiple`, never past the model window (or `longest`).
+
+        onnxruntime keeps state per input shape (allocator arenas, kernel caches), so 256 distinct widths cost
+        more memory than 32; the extra columns are masked out of attention and pooling, so outputs match.
+        """
+        m = self._pad_multiple
+        rounded = -(-longest // m) * m
+        return max(longest, min(rounded, self.manifest.max_seq_length))
+
     def _pad(self, rows: list[np.ndarray]) -> _Chunk:
         lengths = tuple(len(r) for r in rows)
-        width = max(lengths)
+        width = self.padded_width(max(lengths))
         input_ids = np.full((len(rows), width), self.pad_id, dtype=np.int64)  # (B, T)
         attention_mask = np.zeros((len(rows), width), dtype=np.int64)  # (B, T)
         for i, r in enumerate(rows):

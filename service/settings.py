@@ -30,6 +30,10 @@ class Settings(BaseSettings):
     intra_op_threads: int = Field(0, ge=0)
     inter_op_threads: int = Field(1, ge=0)
     intra_op_spinning: bool = False
+    # Round each batch's padded width up to a multiple of this (1 = off). onnxruntime keeps per-shape state, so
+    # fewer distinct shapes keep RSS flat over a long run; padding is masked, so results do not change.
+    pad_to_multiple: int = Field(8, ge=1)
+    ort_mem_pattern: bool = False  # onnxruntime's memory-pattern planner; off because it caches a plan per shape
 
     max_batch_size: int = Field(64, ge=1)
     max_batch_tokens: int = Field(16384, ge=1)
@@ -45,10 +49,24 @@ class Settings(BaseSettings):
     attention_budget: int = Field(4_000_000, ge=0)
 
     api_key: SecretStr | None = None
+    public_probes: bool = True  # /health, /ready and /metrics answer without the API key
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
 
+    # Slow-client guards (uvicorn has none): request line + headers, then the whole body, must arrive in time.
+    header_timeout_s: float = Field(10.0, gt=0)
+    body_timeout_s: float = Field(10.0, gt=0)
+
     graceful_timeout_s: float = Field(20.0, ge=0)
+    # After SIGTERM, keep serving (with /ready 503) this long before closing the listener, so load balancers
+    # see the 503 and stop routing here first (the built-in form of a Kubernetes preStop sleep).
+    drain_delay_s: float = Field(0.0, ge=0)
     watchdog_timeout_s: float = Field(30.0, gt=0)
+    # This many batches in a row failing on every row -> /ready 503 until a 1-token probe forward pass works.
+    failure_threshold: int = Field(5, ge=1)
+
+    # Test-only fault injection (off by default): an input containing a marker makes the runner fail or hang.
+    fault_injection: bool = False
+    fault_duration_s: float = Field(60.0, ge=0)  # how long a "hang" sleeps and a "break" keeps failing
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
 
     @field_validator("cors_origins", mode="before")

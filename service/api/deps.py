@@ -9,11 +9,10 @@ from typing import Annotated
 from fastapi import Depends
 from starlette.requests import Request
 
-from service.api.errors import AuthenticationError
 from service.artifacts import Manifest
 from service.batching import Batcher
 from service.engine import Engine
-from service.errors import UnavailableError
+from service.errors import AuthenticationError, UnavailableError
 from service.metrics import Metrics
 from service.runner import OnnxRunner
 from service.settings import Settings
@@ -48,8 +47,8 @@ def get_engine(request: Request) -> Engine:
     services: Services = request.app.state.services
     if services.engine is None or not services.ready:
         raise UnavailableError("the model is not loaded yet", retry_after_s=2)
-    if services.draining:
-        raise UnavailableError("the server is shutting down", retry_after_s=2)
+    # Draining only flips /ready: requests that still reach us (the LB has not noticed yet, or a drain delay is
+    # running) are served; once the lifespan stops the batcher, admission itself answers 503.
     return services.engine
 
 
@@ -63,6 +62,12 @@ def require_api_key(request: Request) -> None:
     expected = key.get_secret_value().encode()
     if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), expected):
         raise AuthenticationError("missing or invalid API key")
+
+
+def require_probe_key(request: Request) -> None:
+    """Probes and /metrics are public unless EMBED_PUBLIC_PROBES=false (kubelets and scrapers rarely carry keys)."""
+    if not request.app.state.services.settings.public_probes:
+        require_api_key(request)
 
 
 ServicesDep = Annotated[Services, Depends(get_services)]

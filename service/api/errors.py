@@ -22,41 +22,25 @@ from starlette.responses import Response
 from service.errors import (
     ArtifactError,
     AttentionBudgetError,
+    AuthenticationError,
     InferenceError,
+    InvalidJSONError,
     InvalidRequestError,
+    MethodNotAllowedError,
     ModelNotFoundError,
     OverloadError,
     PayloadTooLargeError,
     QueueFullError,
     QueueTimeoutError,
     RequestError,
+    RequestTimeoutError,
+    RouteNotFoundError,
     ServiceError,
     UnavailableError,
+    UnsupportedMediaTypeError,
 )
 
 logger = logging.getLogger(__name__)
-
-
-class InvalidJSONError(RequestError):
-    """The body is not parseable JSON (bad syntax, bad UTF-8, nesting too deep)."""
-
-    code = "invalid_json"
-
-
-class UnsupportedMediaTypeError(RequestError):
-    code = "unsupported_media_type"
-
-
-class AuthenticationError(RequestError):
-    code = "invalid_api_key"
-
-
-class RouteNotFoundError(RequestError):
-    code = "not_found"
-
-
-class MethodNotAllowedError(RequestError):
-    code = "method_not_allowed"
 
 
 INFERENCE_FAILED_MESSAGE = "inference failed; the error was logged on the server"
@@ -69,6 +53,7 @@ ERROR_TABLE: tuple[tuple[type[ServiceError], int, str], ...] = (
     (ModelNotFoundError, 404, "invalid_request_error"),
     (RouteNotFoundError, 404, "invalid_request_error"),
     (MethodNotAllowedError, 405, "invalid_request_error"),
+    (RequestTimeoutError, 408, "invalid_request_error"),
     (PayloadTooLargeError, 413, "invalid_request_error"),
     (UnsupportedMediaTypeError, 415, "invalid_request_error"),
     (AttentionBudgetError, 422, "invalid_request_error"),
@@ -119,6 +104,8 @@ def service_error_response(exc: ServiceError) -> Response:
         headers["Retry-After"] = str(max(1, int(getattr(exc, "retry_after_s", 1))))
     if isinstance(exc, AuthenticationError):
         headers["WWW-Authenticate"] = "Bearer"
+    if isinstance(exc, RequestTimeoutError) or exc.code == "payload_too_large":
+        headers["Connection"] = "close"  # the rest of the body was never read: do not reuse this connection
     return error_response(status, message, err_type, exc.param, exc.code, headers)
 
 

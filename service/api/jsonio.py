@@ -6,6 +6,7 @@ or invalid UTF-8 with 500/422, accept any content type, and read the whole body 
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -13,8 +14,7 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
-from service.api.errors import InvalidJSONError, UnsupportedMediaTypeError
-from service.errors import PayloadTooLargeError
+from service.errors import InvalidJSONError, PayloadTooLargeError, RequestTimeoutError, UnsupportedMediaTypeError
 
 _ORJSON_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
 
@@ -33,11 +33,12 @@ def _is_json_media_type(content_type: str) -> bool:
     return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
 
 
-async def read_json(request: Request, max_bytes: int) -> Any:
-    """Check headers, read at most `max_bytes`, parse. Raises 415 / 413 / 400 as ServiceErrors.
+async def read_json(request: Request, max_bytes: int, timeout_s: float) -> Any:
+    """Check headers, read at most `max_bytes` within `timeout_s`, parse. Raises 415 / 413 / 408 / 400.
 
     The Content-Length check answers before a byte of the body is read; the running count covers chunked
-    bodies that announce no length.
+    bodies that announce no length. The deadline covers the whole body, so a client trickling 1 KB/s cannot
+    hold a connection and a request slot (uvicorn has no body timeout of its own).
     """
     encoding = request.headers.get("content-encoding", "identity").strip().lower()
     if encoding not in ("", "identity"):
@@ -50,6 +51,15 @@ async def read_json(request: Request, max_bytes: int) -> Any:
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > max_bytes:
         raise PayloadTooLargeError(f"request body is larger than the limit of {max_bytes} bytes")
+    try:
+        async with asyncio.timeout(timeout_s):
+            body = await _read_bounded(request, max_bytes)
+    except TimeoutError:
+        raise RequestTimeoutError(f"request body not received within {timeout_s:g} s") from None
+    return parse_json(body)
+
+
+async def _read_bounded(request: Request, max_bytes: int) -> bytes:
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.stream():
@@ -57,7 +67,7 @@ async def read_json(request: Request, max_bytes: int) -> Any:
         if size > max_bytes:
             raise PayloadTooLargeError(f"request body is larger than the limit of {max_bytes} bytes")
         chunks.append(chunk)
-    return parse_json(b"".join(chunks))
+    return b"".join(chunks)
 
 
 def parse_json(body: bytes) -> Any:

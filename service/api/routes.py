@@ -18,7 +18,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from service import __version__
-from service.api.deps import EngineDep, ServicesDep, require_api_key
+from service.api.deps import EngineDep, ServicesDep, require_api_key, require_probe_key
 from service.api.errors import validation_error_from
 from service.api.jsonio import JSONBody, read_json
 from service.api.schemas import (
@@ -39,33 +39,9 @@ T = TypeVar("T")
 M = TypeVar("M", bound=BaseModel)
 
 inference = APIRouter(dependencies=[Depends(require_api_key)])
-probes = APIRouter()
+probes = APIRouter(dependencies=[Depends(require_probe_key)])
 
-
-# Bodies are parsed by hand (see jsonio.py), so FastAPI cannot see them; this tells /openapi.json what they are.
-REQUEST_BODIES: dict[str, type[BaseModel]] = {
-    "/v1/embeddings": OpenAIEmbeddingsRequest,
-    "/embed": TEIEmbedRequest,
-    "/embed_all": TEIEmbedAllRequest,
-    "/tokenize": TEITokenizeRequest,
-    "/v1/encode": EncodeRequest,
-}
-
-
-def add_request_bodies(schema: dict[str, Any]) -> dict[str, Any]:
-    """Insert each POST route's request schema (and its nested models) into an OpenAPI document."""
-    components = schema.setdefault("components", {}).setdefault("schemas", {})
-    for path, model in REQUEST_BODIES.items():
-        body = model.model_json_schema(ref_template="#/components/schemas/{model}")
-        components.update(body.pop("$defs", {}))
-        components[model.__name__] = body
-        operation = schema.get("paths", {}).get(path, {}).get("post")
-        if operation is not None:
-            operation["requestBody"] = {
-                "required": True,
-                "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{model.__name__}"}}},
-            }
-    return schema
+READY_PROBE_TIMEOUT_S = 2.0
 
 
 class ClientDisconnectedError(Exception):
@@ -76,7 +52,9 @@ class ClientDisconnectedError(Exception):
 
 
 async def parse(request: Request, services: ServicesDep, model: type[M]) -> M:
-    payload = await read_json(request, services.settings.max_body_bytes)
+    """Read and validate the body (a full queue was already answered 429 by api/shed.py, before reading)."""
+    settings = services.settings
+    payload = await read_json(request, settings.max_body_bytes, settings.body_timeout_s)
     try:
         return model.model_validate(payload)
     except ValidationError as exc:
@@ -332,6 +310,12 @@ async def ready(services: ServicesDep) -> Response:
     state = services.batcher.health()
     if not state.ok or not state.accepting:
         raise UnavailableError(f"not ready: {state.reason or 'not accepting work'}", retry_after_s=5)
+    # TEI's pattern: after repeated failures, re-probe with a tiny forward pass before saying ready again.
+    failing = services.batcher.consecutive_failed_batches
+    if failing >= services.settings.failure_threshold and (
+        services.engine is None or not await services.engine.probe(READY_PROBE_TIMEOUT_S)
+    ):
+        raise UnavailableError(f"not ready: the last {failing} batches failed", retry_after_s=5)
     return JSONBody({"status": "ready", "uptime_s": round(time.time() - services.started_at, 3)})
 
 

@@ -6,13 +6,16 @@ pydantic would copy into Python floats first; their shapes are documented in doc
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from service.tokenizer import TruncationPolicy
 
 Direction = Literal["Right", "Left", "right", "left"]
+# Bounded so a 2**70 "id" is a 422 here, not an int64 overflow (500) when the ids become a numpy array; the
+# vocabulary bound is checked later, against the served tokenizer.
+TokenId = Annotated[int, Field(ge=0, le=2**31 - 1)]
 
 
 class _Strict(BaseModel):
@@ -22,7 +25,7 @@ class _Strict(BaseModel):
 class OpenAIEmbeddingsRequest(_Strict):
     """POST /v1/embeddings. `truncate` is our extension (default true; the OpenAI SDK passes it via extra_body)."""
 
-    input: str | list[str] | list[int] | list[list[int]]
+    input: str | list[str] | list[TokenId] | list[list[TokenId]]
     model: str | None = None
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: int | None = Field(default=None, ge=1)

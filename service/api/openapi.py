@@ -1,0 +1,231 @@
+"""What /openapi.json says about bodies and replies, so clients and fuzzers (schemathesis) can check both.
+
+Bodies are parsed by hand (api/jsonio.py) and replies are built as dicts rendered by orjson, so FastAPI can infer
+neither; this module writes them into the generated document: each POST route's request schema, every route's
+success schema and content type, and the error statuses it can answer with, all in the one error shape.
+The reply models below are documentation only: they are never instantiated on the request path.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pydantic import BaseModel, RootModel
+
+from service.api.schemas import (
+    EncodeRequest,
+    OpenAIEmbeddingsRequest,
+    TEIEmbedAllRequest,
+    TEIEmbedRequest,
+    TEITokenizeRequest,
+)
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class ErrorResponse(BaseModel):
+    """Every non-2xx reply (docs/api.md §Errors)."""
+
+    error: ErrorDetail
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    total_tokens: int
+
+
+class OpenAIEmbedding(BaseModel):
+    object: Literal["embedding"]
+    index: int
+    embedding: list[float] | str  # str: base64 of little-endian float32
+
+
+class OpenAIEmbeddingsResponse(BaseModel):
+    object: Literal["list"]
+    data: list[OpenAIEmbedding]
+    model: str
+    usage: Usage
+
+
+class TEIEmbedResponse(RootModel[list[list[float]]]):
+    pass
+
+
+class TEIEmbedAllResponse(RootModel[list[list[list[float]]]]):
+    pass
+
+
+class TEIToken(BaseModel):
+    id: int
+    text: str
+    special: bool
+    start: int | None
+    stop: int | None
+
+
+class TEITokenizeResponse(RootModel[list[list[TEIToken]]]):
+    pass
+
+
+class EncodeToken(BaseModel):
+    id: int
+    text: str
+    start: int | None
+    end: int | None
+    special: bool
+
+
+class AttentionMaps(BaseModel):
+    layers: list[int]
+    heads: list[int] | Literal["mean"]
+    shape: list[int]
+    dtype: Literal["float32", "float16"]
+    format: Literal["float", "base64"]
+    data: str | list[Any]  # base64, or nested lists of `shape`
+
+
+class EncodeItem(BaseModel):
+    index: int
+    tokens: list[EncodeToken]
+    embedding: list[float]
+    truncated: bool
+    token_count: int
+    token_embeddings: list[list[float]] | None = None
+    attention: AttentionMaps | None = None
+
+
+class EncodeResponse(BaseModel):
+    object: Literal["list"]
+    model: str
+    usage: Usage
+    data: list[EncodeItem]
+
+
+class Status(BaseModel):
+    status: str
+    uptime_s: float | None = None
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"]
+    created: int
+    owned_by: str
+
+
+class ModelList(BaseModel):
+    object: Literal["list"]
+    data: list[ModelCard]
+
+
+class Info(RootModel[dict[str, Any]]):
+    pass
+
+
+# path -> (method, request model or None, success model or None for text/plain, error statuses)
+_INFERENCE_ERRORS = (400, 401, 404, 408, 413, 415, 422, 429, 500, 503)
+ROUTES: dict[str, tuple[str, type[BaseModel] | None, type[BaseModel] | None, tuple[int, ...]]] = {
+    "/v1/embeddings": ("post", OpenAIEmbeddingsRequest, OpenAIEmbeddingsResponse, _INFERENCE_ERRORS),
+    "/embed": ("post", TEIEmbedRequest, TEIEmbedResponse, _INFERENCE_ERRORS),
+    "/embed_all": ("post", TEIEmbedAllRequest, TEIEmbedAllResponse, _INFERENCE_ERRORS),
+    "/tokenize": ("post", TEITokenizeRequest, TEITokenizeResponse, _INFERENCE_ERRORS),
+    "/v1/encode": ("post", EncodeRequest, EncodeResponse, _INFERENCE_ERRORS),
+    "/v1/models": ("get", None, ModelList, (401, 500)),
+    "/info": ("get", None, Info, (401, 500, 503)),
+    "/health": ("get", None, Status, (401, 500, 503)),
+    "/ready": ("get", None, Status, (401, 500, 503)),
+    "/metrics": ("get", None, None, (401, 500)),
+}
+
+_REASONS = {
+    400: "Unparseable body", 401: "Missing or wrong API key", 404: "Unknown route or model",
+    408: "Body not received in time", 413: "Body, inputs or tokens over a limit",
+    415: "Not JSON, or compressed", 422: "Invalid request", 429: "Queue full (Retry-After)",
+    500: "Inference failed (generic message)", 503: "Not ready, draining, stalled or queue deadline (Retry-After)",
+}
+
+
+def _ref(model: type[BaseModel], components: dict[str, Any]) -> dict[str, str]:
+    schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+    components.update(schema.pop("$defs", {}))
+    components[model.__name__] = schema
+    return {"$ref": f"#/components/schemas/{model.__name__}"}
+
+
+@dataclass(frozen=True)
+class ServedLimits:
+    """What the loaded model and settings allow, written into the request schemas (so generated clients and
+    fuzzers know that `dimensions` stops at the model's width, how many inputs a request may hold, ...)."""
+
+    embedding_dim: int
+    num_layers: int
+    num_heads: int
+    max_inputs: int
+    vocab_size: int
+
+
+def _limit_inputs(prop: dict[str, Any], limits: ServedLimits, *, allow_empty_text: bool) -> None:
+    """Texts need at least one character (except /tokenize, which takes ""), lists hold 1..max_inputs inputs;
+    a list of token ids is one input (any length: it is truncated like text), ids stay inside the vocabulary."""
+    min_length = {} if allow_empty_text else {"minLength": 1}
+    for branch in prop.get("anyOf", []):
+        items = branch.get("items", {})
+        if branch.get("type") == "string":
+            branch.update(min_length)
+        elif items.get("type") == "string":
+            branch.update(minItems=1, maxItems=limits.max_inputs)
+            items.update(min_length)
+        elif items.get("type") == "integer":
+            branch["minItems"] = 1
+            items["maximum"] = limits.vocab_size - 1
+        elif items.get("type") == "array":
+            branch.update(minItems=1, maxItems=limits.max_inputs)
+            items["minItems"] = 1
+            items.get("items", {})["maximum"] = limits.vocab_size - 1
+
+
+def _apply_limits(components: dict[str, Any], limits: ServedLimits) -> None:
+    for name, component in components.items():
+        props = component.get("properties", {})
+        for field in ("input", "inputs"):
+            if field in props and name.endswith("Request"):
+                _limit_inputs(props[field], limits, allow_empty_text=name == "TEITokenizeRequest")
+        for branch in props.get("dimensions", {}).get("anyOf", []):
+            if branch.get("type") == "integer":
+                branch["maximum"] = limits.embedding_dim
+        if name == "AttentionOptions":
+            for field, count in (("layers", limits.num_layers), ("heads", limits.num_heads)):
+                for branch in props[field].get("anyOf", []):
+                    if branch.get("type") == "array":
+                        branch.update(minItems=1, items={"type": "integer", "minimum": 0, "maximum": count - 1})
+
+
+def describe(schema: dict[str, Any], limits: ServedLimits | None = None) -> dict[str, Any]:
+    """Fill the generated OpenAPI document in place with bodies, replies and error statuses; return it."""
+    components = schema.setdefault("components", {}).setdefault("schemas", {})
+    error = _ref(ErrorResponse, components)
+    for path, (method, request, reply, statuses) in ROUTES.items():
+        operation = schema.get("paths", {}).get(path, {}).get(method)
+        if operation is None:
+            continue
+        if request is not None:
+            operation["requestBody"] = {
+                "required": True, "content": {"application/json": {"schema": _ref(request, components)}},
+            }
+        ok = {"text/plain": {"schema": {"type": "string"}}} if reply is None else {
+            "application/json": {"schema": _ref(reply, components)}
+        }
+        responses: dict[str, Any] = {"200": {"description": "OK", "content": ok}}
+        error_content = {"application/json": {"schema": error}}
+        for status in statuses:
+            responses[str(status)] = {"description": _REASONS[status], "content": error_content}
+        operation["responses"] = responses
+    if limits is not None:
+        _apply_limits(components, limits)
+    return schema

@@ -1,0 +1,35 @@
+"""Load shedding at the door: when the admission queue is full, answer 429 before routing, auth or the body.
+
+Under a burst the event loop's cost per rejected request is what decides how fast rejections are and whether
+/health still gets a turn, so a full queue is checked here, in a pure ASGI layer, before FastAPI routes,
+resolves dependencies or reads a byte of the body. `Batcher.try_admit` stays the authority (it reserves the
+slots); this is the cheap early answer for the clear case. Only POSTs to inference routes are shed: probes,
+/metrics and /info never wait behind the queue.
+"""
+
+from __future__ import annotations
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from service.api.errors import service_error_response
+from service.errors import OverloadError
+
+INFERENCE_PATHS = frozenset({"/v1/embeddings", "/embed", "/embed_all", "/v1/encode"})
+
+
+class LoadShedMiddleware:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] in INFERENCE_PATHS:
+            services = scope["app"].state.services
+            batcher = services.batcher
+            if batcher is not None and services.ready:
+                try:
+                    batcher.check_capacity()
+                except OverloadError as exc:
+                    services.metrics.rejected.labels(exc.code).inc()
+                    await service_error_response(exc)(scope, receive, send)
+                    return
+        await self.app(scope, receive, send)
