@@ -36,7 +36,7 @@ class Settings(BaseSettings):
     ort_mem_pattern: bool = False  # onnxruntime's memory-pattern planner; off because it caches a plan per shape
 
     max_batch_size: int = Field(64, ge=1)
-    max_batch_tokens: int = Field(16384, ge=1)
+    max_batch_tokens: int = Field(4096, ge=1)
     batch_padding_slack_tokens: int = Field(16, ge=0)
     max_wait_ms: float = Field(2.0, ge=0)
     max_queue_size: int = Field(2048, ge=1)
