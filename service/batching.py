@@ -285,11 +285,16 @@ class Batcher:
 
     # ---- admission and submission
 
-    def check_capacity(self) -> None:
-        """Raise what `try_admit(1)` would, without reserving: lets a route refuse before reading the body."""
+    def check_capacity(self, requests_at_door: int = 0) -> None:
+        """Raise what `try_admit(1)` would, without reserving: lets a route refuse before reading the body.
+
+        `requests_at_door` counts requests already let in but not yet answered. Each will reserve at least one
+        slot once its body is parsed, so when they alone fill the queue a newcomer would be refused anyway:
+        refusing it now, before it costs a body read and a JSON parse, keeps rejections fast in a burst.
+        """
         if not self.accepting:
             raise UnavailableError(self._unavailable_reason() or "the batcher is not accepting work")
-        if self._reserved >= self._cfg.max_queue_size:
+        if max(self._reserved, requests_at_door) >= self._cfg.max_queue_size:
             raise QueueFullError("the server is at capacity; retry later", retry_after_s=self._retry_after_s())
 
     def try_admit(self, n_items: int) -> Admission:

@@ -732,3 +732,18 @@ def test_stop_with_timeout_answers_leftovers_when_inference_is_wedged() -> None:
 
     run(main)
     assert 1001 not in runner.executed_tokens()
+
+
+def test_check_capacity_counts_requests_already_let_in() -> None:
+    """Requests past the door will each reserve a slot: when they alone fill the queue, refuse newcomers early."""
+    runner = FakeRunner()
+
+    async def main() -> None:
+        async with started(runner, max_queue_size=4) as b:
+            b.check_capacity(requests_at_door=3)  # room for one more
+            with pytest.raises(QueueFullError):
+                b.check_capacity(requests_at_door=4)
+            with b.try_admit(4), pytest.raises(QueueFullError):
+                b.check_capacity(requests_at_door=0)  # reservations alone fill it too
+
+    run(main)
