@@ -97,13 +97,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--graph", default="fp32", choices=["fp32", "int8"])
     parser.add_argument("--sentences", type=int, default=768, help="corpus size (fixed seed)")
+    parser.add_argument("--profile", default="mixed", choices=["mixed", "short", "medium", "long"],
+                        help="length profile of bench/corpus.py")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; medians are reported")
     parser.add_argument("--max-seconds", type=float, default=30.0, help="cap per scenario per round")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
     args = parser.parse_args()
-    corpus = sentences(args.sentences, seed=7, profile="mixed")
+    corpus = sentences(args.sentences, seed=7, profile=args.profile)
     report: dict[str, Any] = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
-                              "graph": args.graph, "corpus": {"sentences": len(corpus), "profile": "mixed", "seed": 7},
+                              "graph": args.graph,
+                              "corpus": {"sentences": len(corpus), "profile": args.profile, "seed": 7},
                               "rounds": []}
     model = sentence_transformers_model()
     by_batch = {bs: sentence_transformers_rate(model, corpus[:256], bs, args.max_seconds) for bs in (16, 32, 64)}
@@ -150,7 +153,7 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     (args.out / f"serving-{args.graph}-{stamp}.json").write_text(json.dumps(report, indent=2))
-    lines = [f"medians of {len(rounds)} interleaved rounds; graph {args.graph}",
+    lines = [f"medians of {len(rounds)} interleaved rounds; graph {args.graph}; corpus {args.profile}",
              "| scenario | sentences/s | p50 ms | p99 ms | paired ratio vs ST |", "|---|---|---|---|---|"]
     for name, row in summary.items():
         lines.append(f"| HTTP {name} | {row['sentences_per_s']:.1f} | {row['p50_ms']:.1f} | {row['p99_ms']:.1f} | "
