@@ -8,21 +8,22 @@ from pathlib import Path
 import pytest
 
 from bench import loadtest
-from tests.deploy.processes import start_server, stop, wait_ready
+from tests.server_process import ServerProcess
 
 pytestmark = pytest.mark.timeout(120)
 
 
 def test_loadtest_ramps_every_scenario_and_writes_its_report(tiny_artifact_dir: Path, tmp_path: Path) -> None:
     pytest.importorskip("matplotlib", reason="pip install matplotlib==3.11.2")
-    server = start_server(tiny_artifact_dir, tmp_path / "server.log")
+    server = ServerProcess(tiny_artifact_dir, tmp_path / "server.log", EMBED_INTRA_OP_THREADS="1",
+                           EMBED_LOG_LEVEL="warning")
     try:
-        wait_ready(f"{server.url}/ready", server.proc, server.log_path)
+        server.wait_ready()
         out = tmp_path / "report"
-        code = loadtest.main(["--url", server.url, "--concurrency", "1,3", "--step-seconds", "0.6",
+        code = loadtest.main(["--url", server.base_url, "--concurrency", "1,3", "--step-seconds", "0.6",
                               "--step-requests", "40", "--out", str(out)])
     finally:
-        stop(server.proc)
+        server.stop()
     assert code == 0
     report = json.loads((out / "loadtest.json").read_text())
     png = (out / "loadtest.png").read_bytes()

@@ -24,7 +24,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bench.corpus import sentences
 from tests.deploy import nginx_conf
-from tests.deploy.processes import Server, free_port, start_server, stop, wait_ready
+from tests.deploy.processes import stop, wait_ready
+from tests.server_process import ServerProcess, free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 
@@ -37,9 +38,9 @@ MAX_REQUESTS = 20_000
 ROUTE = "/embed"
 
 
-def _served(replica: Server) -> float:
+def _served(replica: ServerProcess) -> float:
     """embed_requests_total for the load's route, all statuses, read from the replica's own /metrics."""
-    text = httpx.get(f"{replica.url}/metrics", timeout=5.0).text
+    text = httpx.get(f"{replica.base_url}/metrics", timeout=5.0).text
     return sum(
         sample.value
         for family in text_string_to_metric_families(text)
@@ -50,14 +51,16 @@ def _served(replica: Server) -> float:
 
 
 @pytest.fixture
-def cluster(tiny_artifact_dir: Path, nginx: str, tmp_path: Path) -> Iterator[tuple[str, list[Server], Path]]:
+def cluster(tiny_artifact_dir: Path, nginx: str, tmp_path: Path) -> Iterator[tuple[str, list[ServerProcess], Path]]:
     """Two replicas + nginx on loopback; yields (lb_url, replicas, nginx access log). Everything stops after."""
-    replicas: list[Server] = []
+    replicas: list[ServerProcess] = []
     lb: subprocess.Popen[bytes] | None = None
     try:
-        replicas = [start_server(tiny_artifact_dir, tmp_path / f"replica{i}.log") for i in range(2)]
+        # One onnxruntime thread each: two replicas, nginx and the load share this machine's cores.
+        replicas = [ServerProcess(tiny_artifact_dir, tmp_path / f"replica{i}.log", EMBED_INTRA_OP_THREADS="1",
+                                  EMBED_LOG_LEVEL="warning") for i in range(2)]
         for r in replicas:
-            wait_ready(f"{r.url}/ready", r.proc, r.log_path)
+            r.wait_ready()
         lb_port = free_port()
         conf = nginx_conf.render(tmp_path / "nginx", listen_port=lb_port, upstream_ports=[r.port for r in replicas])
         check = nginx_conf.check(nginx, conf)
@@ -72,7 +75,7 @@ def cluster(tiny_artifact_dir: Path, nginx: str, tmp_path: Path) -> Iterator[tup
         if lb is not None:
             stop(lb)
         for r in replicas:
-            stop(r.proc)
+            r.stop()
 
 
 @dataclass
@@ -117,7 +120,7 @@ async def _drive(lb_url: str, texts: list[str], kill: Callable[[], None]) -> Loa
     return result
 
 
-def test_sigkill_of_one_replica_loses_no_request(cluster: tuple[str, list[Server], Path]) -> None:
+def test_sigkill_of_one_replica_loses_no_request(cluster: tuple[str, list[ServerProcess], Path]) -> None:
     lb_url, (survivor, victim), access_log = cluster
     texts = sentences(512, seed=7)
     before_kill: dict[str, float] = {}

@@ -15,8 +15,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.e2e.conftest import REPO, ServerProcess, free_port
+from tests.e2e.conftest import REPO, ServerProcess
 from tests.e2e.test_http_api import assert_error
+from tests.server_process import free_port
 
 # One queue slot, a long batching window and a short deadline: a lone request waits the whole window in the
 # queue, so it times out (503) deterministically, and while it waits the queue is full (429).
