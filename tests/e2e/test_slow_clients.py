@@ -65,14 +65,16 @@ def test_slowloris_sockets_are_closed_and_normal_clients_unaffected(
         trickler = threading.Thread(target=trickle)
         trickler.start()
         latencies = []
+        # Normal clients keep going until the trickler ends by itself (all slow sockets closed, or its own time
+        # bound): stopping it after a request count would end the test before the header deadline on a fast machine.
         with httpx.Client(base_url=srv.base_url, timeout=10) as http:
-            while trickler.is_alive() and len(latencies) < 400:
+            while trickler.is_alive():
                 t0 = time.monotonic()
                 assert http.post("/embed", json={"inputs": "a normal client"}).status_code == 200
                 assert http.get("/health").status_code == 200
                 latencies.append(time.monotonic() - t0)
-        stop.set()
         trickler.join(timeout=10)
+        stop.set()
     finally:
         for s in socks:
             s.close()
