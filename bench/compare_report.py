@@ -109,8 +109,11 @@ def markdown(report: dict[str, Any]) -> str:
                      f"{_f(entry.get('loadavg_1min_before'), '.2f')} → {_f(entry.get('loadavg_1min_after'), '.2f')} |")
     roof = report.get("roofline")
     if roof:
-        lines += ["", f"Arithmetic limit: {roof['flops_per_token'] / 1e6:.2f} MFLOP/token at the mean length; numpy "
-                  f"fp32 {roof['matmul']['n']}² matmul {roof['matmul']['flops_per_s'] / 1e9:.1f} GFLOP/s → "
+        by_library = roof["matmul"].get("by_library", {})
+        rates = ", ".join(f"{name} {rate / 1e9:.1f}" for name, rate in by_library.items())
+        lines += ["", f"Arithmetic limit: {roof['flops_per_token'] / 1e6:.2f} MFLOP/token at the mean length; "
+                  f"fp32 {roof['matmul']['n']}² matmul {roof['matmul']['flops_per_s'] / 1e9:.1f} GFLOP/s "
+                  f"({roof['matmul'].get('library', 'numpy')}, the fastest of: {rates or 'numpy'} GFLOP/s) → "
                   f"{roof['limit_tokens_per_s']:.0f} tokens/s."]
         for system in systems:
             best = max((r["tokens_per_s"] for sc in report["scenarios"] if sc != "c1x1"

@@ -242,6 +242,7 @@ def main() -> int:
 
     args = parser().parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per request costs client CPU
     env = {
         "EMBED_ARTIFACT_DIR": args.artifact_dir,
         "EMBED_MAX_QUEUE_SIZE": str(args.max_queue_size),

@@ -79,7 +79,7 @@ class BatchItem:
 @dataclass(frozen=True)
 class BatcherConfig:
     max_batch_size: int = 64
-    max_batch_tokens: int = 4096  # rows × longest row, padding counted
+    max_batch_tokens: int = 2048  # rows × longest row, padding counted
     # Grow a batch only while the cheapest next row adds at most this many padded tokens. On CPU a forward pass
     # costs ~0.6 ms fixed plus a near-constant time per padded token (measured: ~8 tokens' worth), so a row that
     # would add more padding than that is cheaper in another batch. GPUs want a much larger value.

@@ -14,6 +14,8 @@ enabled), not from `get_available_providers()` (what the wheel was built with).
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -78,22 +80,64 @@ class OnnxRunner:
         self._attention_values_per_chunk = max(settings.attention_budget, 1)
         self._pad_multiple = settings.pad_to_multiple
         self.provider, self.provider_reason = "", ""
+        self._settings = settings
         variant_spec = manifest.graph(settings.graph_variant)
         self._sessions: dict[str, ort.InferenceSession] = {}
         main = self._build(variant_spec.path, settings, first=True)
         self._sessions[EMBED] = main
         self._sessions[TOKENS] = main
-        if ATTENTION in manifest.graphs:
-            self._sessions[ATTENTION] = self._build(manifest.graphs[ATTENTION].path, settings, first=False)
+        # The attention graph (~90 MB of weights plus its arena, and only attention requests use it) is built at
+        # start-up when EMBED_ATTENTION_GRAPH=eager, on the first attention batch when lazy, never when off.
+        self._lazy_graphs: set[str] = set()
+        self._lazy_lock = threading.Lock()
+        if ATTENTION in manifest.graphs and settings.attention_graph != "off":
+            if settings.attention_graph == "eager":
+                self._sessions[ATTENTION] = self._build(manifest.graphs[ATTENTION].path, settings, first=False)
+            else:
+                self._check_declared_outputs(ATTENTION)
+                self._lazy_graphs.add(ATTENTION)
         for graph, session in self._sessions.items():
-            have = {o.name for o in session.get_outputs()}
-            missing = [name for name in _OUTPUTS[graph] if name not in have]
-            if missing:
-                raise ProviderError(f"graph for {graph!r} lacks outputs {missing}")
+            self._check_outputs(graph, session)
 
     @property
     def graphs(self) -> frozenset[str]:
+        """Every graph a batch may name, built or still to be built on first use."""
+        return frozenset(self._sessions) | frozenset(self._lazy_graphs)
+
+    @property
+    def loaded_graphs(self) -> frozenset[str]:
         return frozenset(self._sessions)
+
+    @staticmethod
+    def _check_outputs(graph: str, session: ort.InferenceSession) -> None:
+        have = {o.name for o in session.get_outputs()}
+        missing = [name for name in _OUTPUTS[graph] if name not in have]
+        if missing:
+            raise ProviderError(f"graph for {graph!r} lacks outputs {missing}")
+
+    def _check_declared_outputs(self, graph: str) -> None:
+        """A lazily built graph is checked against the manifest now, so a wrong artifact still fails at start."""
+        declared = {o.get("name") for o in self.manifest.raw["graphs"][graph].get("outputs", [])}
+        missing = [name for name in _OUTPUTS[graph] if name not in declared]
+        if missing:
+            raise ProviderError(f"graph for {graph!r} lacks outputs {missing} (manifest.json)")
+
+    def _session(self, graph: str) -> ort.InferenceSession:
+        session = self._sessions.get(graph)
+        if session is not None:
+            return session
+        with self._lazy_lock:
+            if graph not in self._sessions:
+                if graph not in self._lazy_graphs:
+                    raise ValueError(f"unknown graph {graph!r}")
+                t0 = time.perf_counter()
+                built = self._build(self.manifest.graphs[graph].path, self._settings, first=False)
+                self._check_outputs(graph, built)
+                self._sessions[graph] = built
+                self._lazy_graphs.discard(graph)
+                self._warm(graph, 1)
+                logger.info("graph %r built on first use in %.0f ms", graph, (time.perf_counter() - t0) * 1000)
+            return self._sessions[graph]
 
     def _build(self, path: Any, settings: Settings, *, first: bool) -> ort.InferenceSession:
         options = ort.SessionOptions()
@@ -147,7 +191,7 @@ class OnnxRunner:
     def prepare(self, graph: str, rows: Sequence[Any]) -> Prepared:
         """Pad rows into int64 feeds. The attention graph is split into chunks so one batch's `attentions`
         output (L×B×H×T×T) stays within the per-request attention budget's order of magnitude."""
-        if graph not in self._sessions:
+        if graph not in self.graphs:
             raise ValueError(f"unknown graph {graph!r}")
         id_rows = [_row_ids(r) for r in rows]
         groups: list[list[np.ndarray]] = [id_rows]
@@ -157,7 +201,7 @@ class OnnxRunner:
 
     def execute(self, prepared: Prepared) -> list[RowResult]:
         """Run each chunk and cut every row back to its real length; one result per row, in order."""
-        session = self._sessions[prepared.graph]
+        session = self._session(prepared.graph)
         names = list(_OUTPUTS[prepared.graph])
         results: list[RowResult] = []
         for chunk in prepared.chunks:
@@ -221,13 +265,15 @@ class OnnxRunner:
 
     def warm_up(self, max_batch_size: int, max_batch_tokens: int) -> None:
         """Run the largest batch the settings allow, so shape or memory errors show at start-up, not at load."""
-        length = self.manifest.max_seq_length
-        rows = max(1, min(max_batch_size, max_batch_tokens // length))
-        filler = np.full(length, 1000, dtype=np.int64)
-        filler[0] = self.manifest.raw.get("special_tokens", {}).get("cls", 101)
+        rows = max(1, min(max_batch_size, max_batch_tokens // self.manifest.max_seq_length))
         for graph, n in ((EMBED, rows), (TOKENS, 1), (ATTENTION, 1)):
             if graph in self._sessions:
-                out = self.execute(self.prepare(graph, [filler] * n))
-                if not np.isfinite(out[0].embedding).all():
-                    raise ProviderError(f"warm-up of graph {graph!r} produced non-finite values")
-        logger.info("warm-up done: %d rows × %d tokens on %s", rows, length, self.variant)
+                self._warm(graph, n)
+        logger.info("warm-up done: %d rows × %d tokens on %s", rows, self.manifest.max_seq_length, self.variant)
+
+    def _warm(self, graph: str, rows: int) -> None:
+        filler = np.full(self.manifest.max_seq_length, 1000, dtype=np.int64)
+        filler[0] = self.manifest.raw.get("special_tokens", {}).get("cls", 101)
+        out = self.execute(self.prepare(graph, [filler] * rows))
+        if not np.isfinite(out[0].embedding).all():
+            raise ProviderError(f"warm-up of graph {graph!r} produced non-finite values")

@@ -1,4 +1,9 @@
-"""What routes reach through `Annotated` dependencies: the per-app services built in the lifespan."""
+"""What routes reach through `Annotated` dependencies: the per-app services built in the lifespan.
+
+Every dependency is `async def` although none awaits: FastAPI runs a plain `def` dependency in its thread pool,
+which costs each request a thread hop per dependency (seen under py-spy as `run_in_threadpool` on the event
+loop's hot path); these are a few attribute reads and must run on the loop.
+"""
 
 from __future__ import annotations
 
@@ -39,11 +44,11 @@ class Services:
         return self.manifest.model_name if self.manifest else "unknown"
 
 
-def get_services(request: Request) -> Services:
+async def get_services(request: Request) -> Services:
     return request.app.state.services
 
 
-def get_engine(request: Request) -> Engine:
+async def get_engine(request: Request) -> Engine:
     services: Services = request.app.state.services
     if services.engine is None or not services.ready:
         raise UnavailableError("the model is not loaded yet", retry_after_s=2)
@@ -52,7 +57,7 @@ def get_engine(request: Request) -> Engine:
     return services.engine
 
 
-def require_api_key(request: Request) -> None:
+async def require_api_key(request: Request) -> None:
     """Bearer check when EMBED_API_KEY is set. compare_digest keeps the timing independent of the key prefix."""
     key = request.app.state.services.settings.api_key
     if key is None:
@@ -64,10 +69,10 @@ def require_api_key(request: Request) -> None:
         raise AuthenticationError("missing or invalid API key")
 
 
-def require_probe_key(request: Request) -> None:
+async def require_probe_key(request: Request) -> None:
     """Probes and /metrics are public unless EMBED_PUBLIC_PROBES=false (kubelets and scrapers rarely carry keys)."""
     if not request.app.state.services.settings.public_probes:
-        require_api_key(request)
+        await require_api_key(request)
 
 
 ServicesDep = Annotated[Services, Depends(get_services)]

@@ -270,6 +270,7 @@ async def info(services: ServicesDep) -> Response:
             "provider_reason": runner.provider_reason,
             "graph_variant": runner.variant,
             "attention_available": "attention" in runner.graphs,
+            "attention_graph": "loaded" if "attention" in runner.loaded_graphs else s.attention_graph,
             "limits": {
                 "max_batch_size": s.max_batch_size,
                 "max_batch_tokens": s.max_batch_tokens,

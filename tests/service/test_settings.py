@@ -17,7 +17,7 @@ def test_defaults_match_contract(monkeypatch: pytest.MonkeyPatch) -> None:
     s = Settings()
     assert s.artifact_dir == Path("artifacts/all-MiniLM-L6-v2")
     assert (s.host, s.port, s.graph_variant, s.provider) == ("127.0.0.1", 8080, "fp32", "auto")
-    assert (s.max_batch_size, s.max_batch_tokens, s.max_wait_ms, s.max_queue_size) == (64, 4096, 2.0, 2048)
+    assert (s.max_batch_size, s.max_batch_tokens, s.max_wait_ms, s.max_queue_size) == (64, 2048, 2.0, 2048)
     assert (s.queue_timeout_s, s.max_body_bytes, s.max_inputs_per_request) == (10.0, 2_000_000, 256)
     assert (s.max_chars_per_input, s.max_tokens_per_request, s.attention_budget) == (100_000, 65536, 4_000_000)
     assert s.api_key is None and s.cors_origins == [] and s.require_gpu is False
