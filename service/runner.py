@@ -147,10 +147,10 @@ class OnnxRunner:
         # Shapes change every batch; the memory pattern would cache a plan per shape and grow RSS (§3.1).
         options.enable_mem_pattern = settings.ort_mem_pattern
         options.log_severity_level = 3
-        if not settings.intra_op_spinning:
-            # Spinning intra-op threads keep cores busy between runs; on a small CPU that starves the event
-            # loop and the tokenizer threads that prepare the next batch.
-            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        # Spinning intra-op threads skip the sleep/wake between a pass's parallel sections (~0.7 ms a pass on
+        # the 2-core Zen 5 box) but keep cores busy between them; on some CPUs that starves the event loop and
+        # the tokenizer threads instead (docs/contract.md, EMBED_INTRA_OP_SPINNING).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if settings.intra_op_spinning else "0")
         wanted, reason = self._wanted_providers(settings)
         try:
             session = ort.InferenceSession(str(path), sess_options=options, providers=wanted)
