@@ -95,7 +95,7 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--graph", default="fp32", choices=["fp32", "int8"])
+    parser.add_argument("--graph", default="fp32", choices=["fp32", "fp32-fused", "int8"])
     parser.add_argument("--sentences", type=int, default=768, help="corpus size (fixed seed)")
     parser.add_argument("--profile", default="mixed", choices=["mixed", "short", "medium", "long"],
                         help="length profile of bench/corpus.py")

@@ -1,4 +1,4 @@
-"""Side by side in one run on one machine: this service (fp32, int8), Infinity (torch, optimum), sentence-transformers.
+"""Side by side on one machine: this service (fp32, fp32-fused, int8), Infinity (torch, optimum), sentence-transformers.
 
     .venv/bin/python -m bench.compare                     # everything, 3 rounds, ~12 min on 2 cores
     .venv/bin/python -m bench.compare --systems ours-fp32,infinity-torch --scale 0.25 --rounds 1   # quick, partial
@@ -48,7 +48,8 @@ log = logging.getLogger("bench.compare")
 
 ARTIFACT = REPO / "artifacts" / "all-MiniLM-L6-v2"
 ROUTE = "/v1/embeddings"
-SYSTEMS = ("ours-fp32", "ours-int8", "infinity-torch", "infinity-optimum", "sentence-transformers")
+SYSTEMS = ("ours-fp32", "ours-fp32-fused", "ours-int8", "infinity-torch", "infinity-optimum",
+           "sentence-transformers")
 CORPUS_SEED = 7
 PARITY_SENTENCES = 16
 
@@ -207,7 +208,8 @@ def _median_tree(values: list[Any]) -> Any:
     if isinstance(first, dict):
         return {k: _median_tree([v[k] for v in values if isinstance(v, dict) and k in v]) for k in first}
     if isinstance(first, int | float) and not isinstance(first, bool):
-        return float(statistics.median(v for v in values if isinstance(v, int | float)))
+        median = statistics.median(v for v in values if isinstance(v, int | float))
+        return int(median) if isinstance(first, int) and float(median).is_integer() else float(median)
     return first
 
 
@@ -281,7 +283,7 @@ def main() -> None:
     servers: dict[str, Callable[[], AbstractContextManager[tuple[str, int]]]] = {
         f"ours-{graph}": (lambda graph=graph: running_server(
             {"EMBED_ARTIFACT_DIR": str(ARTIFACT), "EMBED_GRAPH_VARIANT": graph, **ours_env}))
-        for graph in ("fp32", "int8")
+        for graph in ("fp32", "fp32-fused", "int8")
     }
     if any(s.startswith("infinity-") for s in chosen):
         infinity_env.ensure_venv()

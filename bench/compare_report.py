@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 PEERS = ("infinity-torch", "infinity-optimum", "sentence-transformers")
-OURS = ("ours-fp32", "ours-int8")
+OURS = ("ours-fp32", "ours-fp32-fused", "ours-int8")
 MB = 2**20
 
 

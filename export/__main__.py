@@ -33,7 +33,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, help="artifact directory (default: artifacts/<name>)")
     parser.add_argument("--name", help="served model name (default: the directory name)")
     parser.add_argument("--force", action="store_true", help="export even if the artifacts are up to date")
-    parser.add_argument("--skip-variants", action="store_true", help="only fp32 and attention graphs (fast, tests)")
+    parser.add_argument("--skip-variants", action="store_true",
+                        help="only the fp32, fp32-fused and attention graphs (fast, tests)")
     parser.add_argument("--int8-min-cosine", type=float, default=0.99, help="fail below this int8 mean cosine")
     return parser.parse_args(argv)
 

@@ -132,7 +132,7 @@ def validate(encoder: Encoder, graphs: dict[str, Path], batches: list[Batch], la
                 report.failures.append(
                     f"attention: probabilities differ by {worst_attention:.2e} > {ATTENTION_TOLERANCE}"
                 )
-        if name in ("fp32", "attention") and max(worst_hidden, worst_sentence) > FP32_TOLERANCE:
+        if name in ("fp32", "fp32-fused", "attention") and max(worst_hidden, worst_sentence) > FP32_TOLERANCE:
             report.failures.append(f"{name}: max abs diff {max(worst_hidden, worst_sentence):.2e} > {FP32_TOLERANCE}")
         if name == "int8":
             figures = {"mean_cosine_vs_fp32": float(np.mean(cosines)), "min_cosine_vs_fp32": float(np.min(cosines))}

@@ -75,7 +75,10 @@ def main() -> int:
         host=settings.host,
         port=settings.port,
         loop="uvloop",
-        http=header_deadline_protocol(settings.header_timeout_s),
+        # The protocol keeps the load-shedding door unless CORS is on: its refusals carry no CORS headers, so
+        # then the door stays inside the app (service/api/shed.py), behind the CORS middleware.
+        http=header_deadline_protocol(settings.header_timeout_s,
+                                      door=None if settings.cors_origins else app.state.services.door),
         lifespan="on",
         log_level=settings.log_level,
         timeout_graceful_shutdown=int(settings.graceful_timeout_s) or None,

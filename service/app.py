@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import time
-import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -33,8 +31,9 @@ from service import __version__
 from service.api.deps import Services
 from service.api.errors import INTERNAL_ERROR_MESSAGE, error_response, install_error_handlers
 from service.api.openapi import ServedLimits, describe
+from service.api.request_ids import request_id as _request_id
 from service.api.routes import ClientDisconnectedError, inference, probes
-from service.api.shed import INFERENCE_PATHS, LoadShedMiddleware
+from service.api.shed import INFERENCE_PATHS, Door, LoadShedMiddleware
 from service.artifacts import Manifest, load_manifest
 from service.batching import Batcher, BatcherConfig, BatchRunner
 from service.engine import Engine
@@ -48,7 +47,6 @@ logger = logging.getLogger(__name__)
 access_logger = logging.getLogger("service.access")
 
 STATIC_DIR = Path(__file__).parent / "static"
-_SANE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 
 
 @dataclass(frozen=True)
@@ -99,6 +97,7 @@ def create_app(settings: Settings, *, core: Core | None = None) -> FastAPI:
     """Build the app. `core` (from `build_core`) skips re-verifying when __main__ has already done it."""
     metrics = Metrics()
     services = Services(settings=settings, metrics=metrics)
+    services.door = Door(services)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -146,7 +145,7 @@ def create_app(settings: Settings, *, core: Core | None = None) -> FastAPI:
     app.add_exception_handler(ClientDisconnect, on_disconnect)  # gone while its body was being read
     _mount_explorer(app)
     _describe_bodies(app)
-    app.add_middleware(LoadShedMiddleware)
+    app.add_middleware(LoadShedMiddleware, door=services.door)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,
@@ -250,13 +249,3 @@ def _header(scope: Scope, name: bytes) -> str:
         if key == name:
             return value.decode("utf-8", errors="backslashreplace")[:200]
     return "-"
-
-
-def _request_id(scope: Scope) -> str:
-    for name, value in scope.get("headers", []):
-        if name == b"x-request-id":
-            candidate = value.decode("latin-1")
-            if _SANE_REQUEST_ID.match(candidate):
-                return candidate
-            break
-    return uuid.uuid4().hex

@@ -1,12 +1,19 @@
-"""A header deadline for uvicorn's httptools protocol: the slowloris guard uvicorn lacks (uvicorn#157).
+"""A header deadline and the load-shedding door in uvicorn's httptools protocol.
+
+The header deadline is the slowloris guard uvicorn lacks (uvicorn#157).
 
 uvicorn times out idle keep-alive connections but not a request whose line and headers trickle in: 200 sockets
 sending a byte every few seconds would each hold a connection forever. This subclass arms a timer when a
 connection opens and when a new request begins, disarms it once the headers are complete, and closes the socket
 if it fires first. The body has its own deadline in `api/jsonio.read_json` (408), where the app can still answer.
 
-It reaches into uvicorn's protocol callbacks (`on_message_begin`, `on_headers_complete`), which are stable
-across uvicorn releases but not a public API: `tests/e2e/test_slow_clients.py` pins the behaviour.
+The door (service/api/shed.py) decides, as each request's headers complete, whether an inference request is
+let in; a refused one is answered here and then, as for any finished response, uvicorn discards the rest of its
+body and keeps the connection for the next request (HTTP/1.1 keep-alive).
+
+It reaches into uvicorn's protocol callbacks (`on_message_begin`, `on_headers_complete`, `_start_asgi_task`),
+which are stable across uvicorn releases but not a public API: `tests/e2e/test_slow_clients.py` and
+`tests/e2e/test_overload.py` pin the behaviour.
 """
 
 from __future__ import annotations
@@ -16,7 +23,9 @@ import logging
 import uuid
 
 import orjson
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
+
+from service.api.shed import COUNTED, Door
 
 logger = logging.getLogger(__name__)
 
@@ -27,8 +36,9 @@ _BAD_REQUEST_BODY = orjson.dumps(
 )
 
 
-def header_deadline_protocol(header_timeout_s: float) -> type[HttpToolsProtocol]:
-    """uvicorn `http=` protocol class that closes connections whose headers take over `header_timeout_s`.
+def header_deadline_protocol(header_timeout_s: float, door: Door | None = None) -> type[HttpToolsProtocol]:
+    """uvicorn `http=` protocol class that closes connections whose headers take over `header_timeout_s` and,
+    given a `door`, refuses inference requests the queue cannot take before they become ASGI tasks.
 
     It also answers requests the HTTP parser rejects (a control character in a header, a broken request line)
     in the one JSON error shape with an X-Request-ID, instead of uvicorn's plain-text 400.
@@ -36,6 +46,26 @@ def header_deadline_protocol(header_timeout_s: float) -> type[HttpToolsProtocol]
 
     class HeaderDeadlineProtocol(HttpToolsProtocol):
         _header_timer: asyncio.TimerHandle | None = None
+
+        def _start_asgi_task(self, cycle: RequestResponseCycle, app) -> None:  # type: ignore[no-untyped-def]
+            """Called when a request may start (at once, or when a pipelined one's turn comes)."""
+            scope = cycle.scope
+            if door is None or not door.guards(scope["method"], scope["path"]):
+                super()._start_asgi_task(cycle, app)
+                return
+            exc = door.refusal()
+            if exc is None:
+                scope["state"][COUNTED] = True
+                super()._start_asgi_task(cycle, door.counted(app))
+                return
+            # Answered now; marking the cycle complete makes uvicorn drop this request's body as it arrives.
+            cycle.response_started = cycle.response_complete = True
+            self.transport.write(door.raw_reply(exc, scope, scope["path"], keep_alive=cycle.keep_alive,
+                                                default_headers=self.server_state.default_headers))
+            if cycle.keep_alive:
+                self.on_response_complete()
+            else:
+                self.transport.close()
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)

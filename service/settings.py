@@ -24,7 +24,9 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
 
-    graph_variant: Literal["fp32", "int8", "fp16"] = "fp32"
+    # fp32: the exact graph, fastest on the 2-core Zen 5 CPU measured (docs/performance.md); fp32-fused: the same
+    # with onnxruntime's transformer fusions baked in; int8: opt-in, CPU; fp16: CUDA only.
+    graph_variant: Literal["fp32", "fp32-fused", "int8", "fp16"] = "fp32"
     provider: Literal["auto", "cpu", "cuda"] = "auto"
     require_gpu: bool = False
     intra_op_threads: int = Field(0, ge=0)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hmac
 from dataclasses import dataclass, field
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 from fastapi import Depends
 from starlette.requests import Request
@@ -21,6 +21,9 @@ from service.errors import AuthenticationError, UnavailableError
 from service.metrics import Metrics
 from service.runner import OnnxRunner
 from service.settings import Settings
+
+if TYPE_CHECKING:
+    from service.api.shed import Door
 
 
 @dataclass
@@ -36,6 +39,7 @@ class Services:
     ready: bool = False
     draining: bool = False
     started_at: float = field(default=0.0)
+    door: Door | None = None  # the load-shedding door (service/api/shed.py), shared by protocol and app
 
     @property
     def served_model_name(self) -> str:

@@ -1,49 +1,116 @@
 """Load shedding at the door: when the admission queue is full, answer 429 before routing, auth or the body.
 
-Under a burst the event loop's cost per rejected request is what decides how fast rejections are and whether
-/health still gets a turn, so a full queue is checked here, in a pure ASGI layer, before FastAPI routes,
-resolves dependencies or reads a byte of the body. `Batcher.try_admit` stays the authority (it reserves the
-slots); this is the cheap early answer for the clear case. Only POSTs to inference routes are shed: probes,
-/metrics and /info never wait behind the queue.
+Under a burst the event loop's cost per rejected request decides how fast rejections are and whether /health
+still gets a turn. `Door` counts the inference requests let in and not yet answered and refuses a newcomer the
+queue cannot take (`Batcher.check_capacity`); `Batcher.try_admit` stays the authority (it reserves the slots),
+this is the cheap early answer for the clear case. Only POSTs to inference routes are shed: probes, /metrics and
+/info never wait behind the queue.
+
+The door is kept at the earliest point available. Under `python -m service` that is the HTTP protocol
+(service/protocol.py): a refused request is answered from the parser callback that completed its headers, with
+no ASGI task, no middleware and no body read, in the same loop iteration its bytes arrived. A 1,000-client burst
+arrives as one wave of such callbacks, so every refusal of the wave is written before any admitted request
+starts its body read and JSON parse. Under any other ASGI server `LoadShedMiddleware` keeps the door instead,
+inside the app; a request the protocol already let in is not counted twice.
 """
 
 from __future__ import annotations
 
+from http import HTTPStatus
+from typing import TYPE_CHECKING
+
+import orjson
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from service.api.errors import service_error_response
+from service.api.errors import error_body, service_error_response, status_for
+from service.api.request_ids import request_id
 from service.errors import OverloadError
 
+if TYPE_CHECKING:
+    from service.api.deps import Services
+
 INFERENCE_PATHS = frozenset({"/v1/embeddings", "/embed", "/embed_all", "/v1/encode"})
+COUNTED = "embed_door_counted"  # scope["state"] key: the protocol's door let this request in and counts it
+
+
+class Door:
+    """The count of inference requests let in and not yet answered, and the decision for the next one."""
+
+    def __init__(self, services: Services) -> None:
+        self.services = services
+        self.inside = 0
+
+    @staticmethod
+    def guards(method: str, path: str) -> bool:
+        return method == "POST" and path in INFERENCE_PATHS
+
+    def refusal(self) -> OverloadError | None:
+        """The error to answer the next inference request with, or None to let it in (and count it)."""
+        services = self.services
+        batcher = services.batcher
+        if batcher is None or not services.ready:
+            return None  # starting or draining: the app itself answers (503 with the reason)
+        try:
+            batcher.check_capacity(self.inside)
+        except OverloadError as exc:
+            services.metrics.rejected.labels(exc.code).inc()
+            return exc
+        return None
+
+    def raw_reply(self, exc: OverloadError, scope: Scope, path: str, *, keep_alive: bool,
+                  default_headers: list[tuple[bytes, bytes]]) -> bytes:
+        """The whole HTTP/1.1 response for a refusal at the protocol level, in the one error shape, counted in
+        /metrics as the app would count it."""
+        status, err_type = status_for(exc)
+        body = orjson.dumps(error_body(exc.message, err_type, exc.param, exc.code))
+        head = [f"HTTP/1.1 {status} {HTTPStatus(status).phrase}".encode("ascii")]
+        head += [name + b": " + value for name, value in default_headers]
+        head += [b"content-type: application/json", b"content-length: %d" % len(body),
+                 b"retry-after: %d" % max(1, int(exc.retry_after_s)),
+                 b"x-request-id: " + request_id(scope).encode("ascii")]
+        if not keep_alive:
+            head.append(b"connection: close")
+        self.services.metrics.requests.labels(path, str(status)).inc()
+        self.services.metrics.request_duration.labels(path).observe(0.0)
+        return b"\r\n".join(head) + b"\r\n\r\n" + body
+
+    def counted(self, app: ASGIApp) -> ASGIApp:
+        """`app` for one request the protocol let in: it leaves the count when the app is done with it, whatever
+        happened (answered, failed, client gone)."""
+
+        async def run(scope: Scope, receive: Receive, send: Send) -> None:
+            try:
+                await app(scope, receive, send)
+            finally:
+                self.inside -= 1
+
+        self.inside += 1
+        return run
 
 
 class LoadShedMiddleware:
-    """Counts inference requests between the door and their reply, and refuses newcomers the queue cannot take.
+    """The door inside the app, for requests no protocol-level door has seen (other ASGI servers, tests).
 
     uvicorn starts request tasks in arrival order and each runs to its first await (reading the body) before the
     next starts; a burst's first wave therefore meets this count in order, so the requests past capacity are
-    answered here without their bodies being read, instead of after every request ahead of them was parsed.
+    answered here without their bodies being read.
     """
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, door: Door) -> None:
         self.app = app
-        self.at_door = 0  # inference requests let in and not yet answered
+        self.door = door
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if not (scope["type"] == "http" and scope["method"] == "POST" and scope["path"] in INFERENCE_PATHS):
+        if not (scope["type"] == "http" and Door.guards(scope["method"], scope["path"])) or \
+                scope.get("state", {}).get(COUNTED):
             await self.app(scope, receive, send)
             return
-        services = scope["app"].state.services
-        batcher = services.batcher
-        if batcher is not None and services.ready:
-            try:
-                batcher.check_capacity(self.at_door)
-            except OverloadError as exc:
-                services.metrics.rejected.labels(exc.code).inc()
-                await service_error_response(exc)(scope, receive, send)
-                return
-        self.at_door += 1
+        exc = self.door.refusal()
+        if exc is not None:
+            await service_error_response(exc)(scope, receive, send)
+            return
+        self.door.inside += 1
         try:
             await self.app(scope, receive, send)
         finally:
-            self.at_door -= 1
+            self.door.inside -= 1

@@ -27,13 +27,14 @@ def encoder(tiny_checkpoint_dir: Path):
 
 
 @pytest.mark.parametrize(("rows", "seed"), SHAPES)
-def test_fused_and_attention_graphs_match_torch(tiny_artifact_dir: Path, encoder, rows: int, seed: int) -> None:
+def test_fp32_graphs_and_attention_graph_match_torch(tiny_artifact_dir: Path, encoder, rows: int, seed: int) -> None:
     feeds = padded_batch(tiny_artifact_dir / "tokenizer.json", parity_sentences(rows, seed=seed), 128)
     want = torch_outputs(encoder, feeds)
     real = feeds["attention_mask"].astype(bool)
-    fused = run(session(tiny_artifact_dir / "model.onnx"), feeds)
-    assert np.abs(fused["sentence_embedding"] - want.sentence_embedding.numpy()).max() <= 1e-4
-    assert np.abs(fused["last_hidden_state"] - want.last_hidden_state.numpy())[real].max() <= 1e-4
+    for name in ("model.onnx", "model_fused.onnx"):
+        got = run(session(tiny_artifact_dir / name), feeds)
+        assert np.abs(got["sentence_embedding"] - want.sentence_embedding.numpy()).max() <= 1e-4, name
+        assert np.abs(got["last_hidden_state"] - want.last_hidden_state.numpy())[real].max() <= 1e-4, name
     exact = run(session(tiny_artifact_dir / "model_attention.onnx"), feeds)
     got = exact["attentions"].transpose(1, 3, 0, 2, 4)[real]  # (real queries, L, H, T)
     ref = want.attentions.numpy().transpose(1, 3, 0, 2, 4)[real]
@@ -50,15 +51,16 @@ def test_int8_is_close_to_fp32(tiny_artifact_dir: Path, encoder) -> None:
 
 
 def test_graphs_have_dynamic_axes_and_fused_attention(tiny_artifact_dir: Path) -> None:
-    for name in ("model.onnx", "model_attention.onnx", "model_int8.onnx", "model_fp16.onnx"):
+    for name in ("model.onnx", "model_fused.onnx", "model_attention.onnx", "model_int8.onnx", "model_fp16.onnx"):
         graph = onnx.load(str(tiny_artifact_dir / name), load_external_data=False).graph
         for tensor in graph.input:
             dims = [d.dim_param for d in tensor.type.tensor_type.shape.dim]
             assert dims == ["batch_size", "sequence_length"], (name, tensor.name, dims)
-    fused_ops = {n.op_type for n in onnx.load(str(tiny_artifact_dir / "model.onnx")).graph.node}
-    assert "Attention" in fused_ops
-    exact_ops = {n.op_type for n in onnx.load(str(tiny_artifact_dir / "model_attention.onnx")).graph.node}
-    assert "Attention" not in exact_ops and "Softmax" in exact_ops
+    fused_ops = {n.op_type for n in onnx.load(str(tiny_artifact_dir / "model_fused.onnx")).graph.node}
+    assert {"Attention", "SkipLayerNormalization", "BiasGelu"} <= fused_ops
+    for name in ("model.onnx", "model_attention.onnx"):  # as exported: onnxruntime optimizes at load
+        exact_ops = {n.op_type for n in onnx.load(str(tiny_artifact_dir / name)).graph.node}
+        assert "Attention" not in exact_ops and "Softmax" in exact_ops, name
 
 
 def test_manifest_describes_and_checksums_everything(tiny_artifact_dir: Path) -> None:
@@ -67,12 +69,13 @@ def test_manifest_describes_and_checksums_everything(tiny_artifact_dir: Path) ->
     assert manifest["embedding_dim"] == 48 and manifest["config"]["num_layers"] == 2
     assert manifest["pooling"] == "mean" and manifest["normalize"] is True and manifest["max_seq_length"] == 128
     assert [i["name"] for i in manifest["inputs"]] == ["input_ids", "attention_mask", "token_type_ids"]
-    assert set(manifest["graphs"]) == {"fp32", "attention", "int8", "fp16"}
-    assert manifest["graphs"]["fp32"]["default"] is True
-    assert manifest["graphs"]["fp32"]["parity"]["max_abs_diff_sentence_vs_torch"] <= 1e-4
+    assert set(manifest["graphs"]) == {"fp32", "fp32-fused", "attention", "int8", "fp16"}
+    assert [k for k, g in manifest["graphs"].items() if g["default"]] == ["fp32"]
+    for key in ("fp32", "fp32-fused"):
+        assert manifest["graphs"][key]["parity"]["max_abs_diff_sentence_vs_torch"] <= 1e-4
     assert manifest["graphs"]["attention"]["parity"]["max_abs_diff_attentions_vs_torch"] <= 1e-5
     assert {"mean_cosine_vs_fp32", "min_cosine_vs_fp32"} <= set(manifest["graphs"]["int8"]["parity"])
-    for key in ("fp32", "attention", "int8"):
+    for key in ("fp32", "fp32-fused", "attention", "int8"):
         assert manifest["graphs"][key]["latency_ms"]["median"] > 0
     assert {"torch", "onnx", "onnxruntime", "tokenizers"} <= set(manifest["versions"])
     files = {p.name for p in tiny_artifact_dir.iterdir()} - {"manifest.json"}

@@ -1,0 +1,20 @@
+"""X-Request-ID: the client's own when it is sane (so its logs and ours line up), else a fresh random one."""
+
+from __future__ import annotations
+
+import re
+import uuid
+
+from starlette.types import Scope
+
+_SANE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+
+
+def request_id(scope: Scope) -> str:
+    for name, value in scope.get("headers", []):
+        if name == b"x-request-id":
+            candidate = value.decode("latin-1")
+            if _SANE_REQUEST_ID.match(candidate):
+                return candidate
+            break
+    return uuid.uuid4().hex
