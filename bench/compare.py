@@ -80,9 +80,10 @@ def token_counts(corpus: list[str]) -> list[int]:
     return [len(e.ids) for e in tokenizer.encode_batch(corpus)]
 
 
-def build_scenarios(corpus: list[str], tokens: list[int], model: str, scale: float) -> list[Scenario]:
+def build_scenarios(corpus: list[str], tokens: list[int], model: str, scale: float,
+                    encoding: str = "float") -> list[Scenario]:
     def request(indexes: list[int]) -> Request:
-        body = {"input": [corpus[i] for i in indexes], "model": model, "encoding_format": "float"}
+        body = {"input": [corpus[i] for i in indexes], "model": model, "encoding_format": encoding}
         return Request(body, len(indexes), sum(tokens[i] for i in indexes))
 
     n = len(corpus)
@@ -251,6 +252,8 @@ def main() -> None:
     parser.add_argument("--scale", type=float, default=1.0, help="multiply every request and time cap (quick runs)")
     parser.add_argument("--ours-env", action="append", default=[], metavar="EMBED_X=V",
                         help="extra setting for our servers, repeatable (to try EMBED_MAX_WAIT_MS etc.)")
+    parser.add_argument("--encoding", default="float", choices=["float", "base64"],
+                        help="encoding_format of every request (the openai SDK sends base64 by default)")
     parser.add_argument("--rounds", type=int, default=3,
                         help="whole side-by-side runs, order alternating; medians and per-round ratios reported")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
@@ -268,7 +271,7 @@ def main() -> None:
     model = manifest["model_name"]
     corpus = sentences(args.sentences, seed=CORPUS_SEED, profile="mixed")
     tokens = token_counts(corpus)
-    scenarios = build_scenarios(corpus, tokens, model, args.scale)
+    scenarios = build_scenarios(corpus, tokens, model, args.scale, args.encoding)
     parity_texts = corpus[:PARITY_SENTENCES]
     report: dict[str, Any] = {
         "command": "python -m bench.compare " + " ".join(f"--{k} {v}" for k, v in vars(args).items() if k != "out"),
