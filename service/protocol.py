@@ -12,8 +12,8 @@ let in; a refused one is answered here and then, as for any finished response, u
 body and keeps the connection for the next request (HTTP/1.1 keep-alive).
 
 It reaches into uvicorn's protocol callbacks (`on_message_begin`, `on_headers_complete`, `_start_asgi_task`),
-which are stable across uvicorn releases but not a public API: `tests/e2e/test_slow_clients.py` and
-`tests/e2e/test_overload.py` pin the behaviour.
+which are stable across uvicorn releases but not a public API: `tests/e2e/test_slow_clients.py`,
+`tests/e2e/test_door.py` and `tests/e2e/test_overload.py` pin the behaviour.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import logging
 import uuid
 
 import orjson
+from starlette.types import ASGIApp
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
 from service.api.shed import COUNTED, Door
@@ -47,7 +48,7 @@ def header_deadline_protocol(header_timeout_s: float, door: Door | None = None) 
     class HeaderDeadlineProtocol(HttpToolsProtocol):
         _header_timer: asyncio.TimerHandle | None = None
 
-        def _start_asgi_task(self, cycle: RequestResponseCycle, app) -> None:  # type: ignore[no-untyped-def]
+        def _start_asgi_task(self, cycle: RequestResponseCycle, app: ASGIApp) -> None:  # type: ignore[override]
             """Called when a request may start (at once, or when a pipelined one's turn comes)."""
             scope = cycle.scope
             if door is None or not door.guards(scope["method"], scope["path"]):
@@ -60,7 +61,7 @@ def header_deadline_protocol(header_timeout_s: float, door: Door | None = None) 
                 return
             # Answered now; marking the cycle complete makes uvicorn drop this request's body as it arrives.
             cycle.response_started = cycle.response_complete = True
-            self.transport.write(door.raw_reply(exc, scope, scope["path"], keep_alive=cycle.keep_alive,
+            self.transport.write(door.raw_reply(exc, scope, keep_alive=cycle.keep_alive,
                                                 default_headers=self.server_state.default_headers))
             if cycle.keep_alive:
                 self.on_response_complete()

@@ -57,7 +57,7 @@ class Door:
             return exc
         return None
 
-    def raw_reply(self, exc: OverloadError, scope: Scope, path: str, *, keep_alive: bool,
+    def raw_reply(self, exc: OverloadError, scope: Scope, *, keep_alive: bool,
                   default_headers: list[tuple[bytes, bytes]]) -> bytes:
         """The whole HTTP/1.1 response for a refusal at the protocol level, in the one error shape, counted in
         /metrics as the app would count it."""
@@ -70,13 +70,13 @@ class Door:
                  b"x-request-id: " + request_id(scope).encode("ascii")]
         if not keep_alive:
             head.append(b"connection: close")
-        self.services.metrics.requests.labels(path, str(status)).inc()
-        self.services.metrics.request_duration.labels(path).observe(0.0)
+        self.services.metrics.requests.labels(scope["path"], str(status)).inc()
+        self.services.metrics.request_duration.labels(scope["path"]).observe(0.0)
         return b"\r\n".join(head) + b"\r\n\r\n" + body
 
     def counted(self, app: ASGIApp) -> ASGIApp:
-        """`app` for one request the protocol let in: it leaves the count when the app is done with it, whatever
-        happened (answered, failed, client gone)."""
+        """`app` for one request let in, counted from now until the app is done with it, whatever happened
+        (answered, failed, client gone)."""
 
         async def run(scope: Scope, receive: Receive, send: Send) -> None:
             try:
@@ -109,8 +109,4 @@ class LoadShedMiddleware:
         if exc is not None:
             await service_error_response(exc)(scope, receive, send)
             return
-        self.door.inside += 1
-        try:
-            await self.app(scope, receive, send)
-        finally:
-            self.door.inside -= 1
+        await self.door.counted(self.app)(scope, receive, send)
