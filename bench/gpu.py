@@ -272,27 +272,13 @@ def served_vs_bare(args: argparse.Namespace, target: Target, artifact: Path, man
     The bare session gets the corpus sorted by length in batches of the server's max batch size, its best case;
     the server gets `--clients` concurrent clients sending `--per-request` sentences each, as users would.
     """
-    from tokenizers import Tokenizer
-
-    from bench.bench_serving import http_scenario
+    from bench.bench_serving import http_scenario, length_sorted_encodings, padded_batches
     from bench.corpus import sentences
     from bench.server_process import running_server
 
     corpus = sentences(args.corpus, seed=7)
-    tokenizer = Tokenizer.from_file(str(artifact / "tokenizer.json"))
-    tokenizer.enable_truncation(manifest["max_seq_length"])
-    tokenizer.no_padding()
-    encodings = sorted(tokenizer.encode_batch(corpus), key=lambda e: len(e.ids))
+    batches = list(padded_batches(length_sorted_encodings(artifact, corpus), args.served_batch))
     session = ort_session(artifact / manifest["graphs"][target.graph]["file"], target)
-    batches = []
-    for start in range(0, len(encodings), args.served_batch):
-        rows = encodings[start:start + args.served_batch]
-        width = max(len(e.ids) for e in rows)
-        ids = np.zeros((len(rows), width), dtype=np.int64)
-        mask = np.zeros_like(ids)
-        for r, e in enumerate(rows):
-            ids[r, :len(e.ids)], mask[r, :len(e.ids)] = e.ids, 1
-        batches.append({"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)})
     run = ort_plain(session)
     for feeds in batches[:3]:
         run(feeds)

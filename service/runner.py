@@ -117,7 +117,7 @@ class OnnxRunner:
 
     def _check_declared_outputs(self, graph: str) -> None:
         """A lazily built graph is checked against the manifest now, so a wrong artifact still fails at start."""
-        declared = {o.get("name") for o in self.manifest.raw["graphs"][graph].get("outputs", [])}
+        declared = self.manifest.graphs[graph].outputs
         missing = [name for name in _OUTPUTS[graph] if name not in declared]
         if missing:
             raise ProviderError(f"graph for {graph!r} lacks outputs {missing} (manifest.json)")

@@ -64,9 +64,8 @@ def test_off_means_no_attention_graph(tiny_artifact_dir: Path) -> None:
 
 def test_lazy_still_refuses_a_manifest_without_the_attention_output_at_start(tiny_artifact_dir: Path) -> None:
     manifest = load_manifest(tiny_artifact_dir)
-    raw = dict(manifest.raw)
-    raw["graphs"] = {**raw["graphs"], "attention": {**raw["graphs"]["attention"], "outputs": [
-        o for o in raw["graphs"]["attention"]["outputs"] if o["name"] != "attentions"]}}
-    broken = dataclasses.replace(manifest, raw=raw)
+    spec = manifest.graphs["attention"]
+    without = dataclasses.replace(spec, outputs=tuple(o for o in spec.outputs if o != "attentions"))
+    broken = dataclasses.replace(manifest, graphs={**manifest.graphs, "attention": without})
     with pytest.raises(ProviderError, match="attentions"):
         OnnxRunner(broken, Settings(artifact_dir=tiny_artifact_dir, intra_op_threads=1))
