@@ -2,6 +2,7 @@
 
     .venv/bin/python -m bench.fuzz --max-examples 300          # the recorded run (several thousand cases)
     .venv/bin/python -m bench.fuzz --max-examples 15           # what tests/e2e/test_fuzz.py runs in CI
+    .venv/bin/python -m bench.fuzz --tei-only --max-examples 300   # text-embeddings-inference's routes only
 
 Needs schemathesis (`.venv/bin/pip install schemathesis==4.32.5`). Runs its CLI (`st run`) with the four checks
 the service promises: not_a_server_error, negative_data_rejection, response_schema_conformance and
@@ -43,8 +44,12 @@ def schemathesis_cli() -> str:
     return str(beside)
 
 
+# text-embeddings-inference's routes (their errors are in TEI's shape; service/api/errors.TEI_PATHS)
+TEI_PATH_REGEX = "^/(invocations|embed|embed_all|tokenize|decode|similarity)?$"
+
+
 def run_schemathesis(base_url: str, *, max_examples: int, seed: int, workers: int, timeout_s: float,
-                     post_only: bool = False) -> dict[str, Any]:
+                     post_only: bool = False, path_regex: str | None = None) -> dict[str, Any]:
     """`st run` against base_url; returns {"returncode", "generated", "passed", "failed", "summary"}."""
     with tempfile.TemporaryDirectory() as tmp:
         config = Path(tmp) / "schemathesis.toml"
@@ -57,6 +62,8 @@ def run_schemathesis(base_url: str, *, max_examples: int, seed: int, workers: in
         ]
         if post_only:
             argv += ["--include-method", "POST"]
+        if path_regex:
+            argv += ["--include-path-regex", path_regex]
         proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout_s, check=False,
                               env={**os.environ, "SCHEMATHESIS_TELEMETRY": "false"})
     out = proc.stdout + proc.stderr
@@ -80,6 +87,7 @@ def main() -> int:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--timeout-s", type=float, default=1800)
     p.add_argument("--post-only", action="store_true", help="only the POST (inference) routes")
+    p.add_argument("--tei-only", action="store_true", help="only text-embeddings-inference's routes")
     p.add_argument("--out", default=str(REPO / "bench" / "results"))
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -88,13 +96,14 @@ def main() -> int:
     t0 = time.monotonic()
     with running_server(env) as (url, _pid):
         result = run_schemathesis(url, max_examples=args.max_examples, seed=args.seed, workers=args.workers,
-                                  timeout_s=args.timeout_s, post_only=args.post_only)
+                                  timeout_s=args.timeout_s, post_only=args.post_only,
+                                  path_regex=TEI_PATH_REGEX if args.tei_only else None)
     result["seconds"] = round(time.monotonic() - t0, 1)
     result["config"] = {k: v for k, v in vars(args).items() if k != "out"}
     result["machine"] = {"cpus": os.cpu_count(), "platform": platform.platform(), "note": "shared 2-core box"}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    scope = "post" if args.post_only else "all"
+    scope = "tei" if args.tei_only else "post" if args.post_only else "all"
     path = out / f"fuzz-{scope}-{args.max_examples}-{time.strftime('%Y%m%d-%H%M%S')}.json"
     path.write_text(json.dumps(result, indent=1))
     log.info("%s\n%d cases generated, return code %d, %.0f s; written to %s", result["summary"][-2500:],

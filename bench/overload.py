@@ -136,13 +136,17 @@ async def queue_depth(host: str, port: int) -> float:
 
 
 def is_good_error(reply: Reply) -> bool:
-    """A 429/503 in the one error shape, JSON, with Retry-After ≥ 1."""
+    """A 429/503 in its route family's error shape (TEI's on /embed, OpenAI's on /v1/*), JSON, Retry-After ≥ 1."""
     try:
-        err = json.loads(reply.body)["error"]
-    except (ValueError, KeyError, TypeError):
+        body = json.loads(reply.body)
+    except ValueError:
         return False
-    return (reply.headers.get("content-type", "").startswith("application/json")
-            and set(err) == {"message", "type", "param", "code"}
+    if not isinstance(body, dict):
+        return False
+    err = body.get("error")
+    tei = set(body) == {"error", "error_type"} and body["error_type"] in ("Overloaded", "Unhealthy")
+    openai = isinstance(err, dict) and set(err) == {"message", "type", "param", "code"}
+    return (reply.headers.get("content-type", "").startswith("application/json") and (tei or openai)
             and int(reply.headers.get("retry-after", "0")) >= 1)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import shutil
 import tempfile
@@ -24,12 +25,14 @@ from export.manifest import (
 )
 from export.validate import Batch, ValidationError, make_batches, validate
 from export.validation_corpus import SENTENCES
-from model import LoadedCheckpoint, load_checkpoint
+from model import CheckpointError, LoadedCheckpoint, load_checkpoint
 
 log = logging.getLogger(__name__)
 
 _SOURCE_FILES = ("config.json", "tokenizer.json", "modules.json", "sentence_bert_config.json",
-                 "1_Pooling/config.json", "model.safetensors", "pytorch_model.bin")
+                 "config_sentence_transformers.json", "1_Pooling/config.json", "model.safetensors",
+                 "pytorch_model.bin")
+_ST_CONFIG = "config_sentence_transformers.json"
 _CODE_DIRS = (Path(__file__).parent, Path(__file__).parent.parent / "model")
 # "fp32" is the exported graph as it is (onnxruntime applies its own optimizations when a session loads it);
 # "fp32-fused" has onnxruntime's transformer optimizer fusions baked in, and int8 and fp16 are made from it.
@@ -72,6 +75,25 @@ def _write_tokenizer(checkpoint: LoadedCheckpoint, path: Path) -> Tokenizer:
     tokenizer.no_padding()
     tokenizer.save(str(path), pretty=True)
     return tokenizer
+
+
+def read_prompts(model_dir: Path) -> tuple[dict[str, str], str | None]:
+    """sentence-transformers' `prompts` and `default_prompt_name` (config_sentence_transformers.json), which the
+    server applies by name (TEI's `prompt_name`) and by default, as `SentenceTransformer.encode` does."""
+    path = model_dir / _ST_CONFIG
+    if not path.is_file():
+        return {}, None
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{path}: unreadable: {exc}") from None
+    prompts = raw.get("prompts") or {}
+    if not isinstance(prompts, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in prompts.items()):
+        raise CheckpointError(f"{path}: 'prompts' must map prompt names to strings")
+    default = raw.get("default_prompt_name")
+    if default is not None and default not in prompts:
+        raise CheckpointError(f"{path}: default_prompt_name {default!r} is not one of its prompts")
+    return prompts, default
 
 
 def _special_tokens(tokenizer: Tokenizer) -> dict[str, int]:
@@ -117,6 +139,7 @@ def run_export(options: ExportOptions) -> Path:
         log.info("%s is up to date (inputs %s…); nothing to do", options.out_dir, fingerprint[:12])
         return options.out_dir
     checkpoint = load_checkpoint(options.model_dir)
+    prompts, default_prompt_name = read_prompts(options.model_dir)
     config = checkpoint.config
     options.out_dir.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=options.out_dir.parent, prefix=f".{options.out_dir.name}.") as tmp:
@@ -151,6 +174,8 @@ def run_export(options: ExportOptions) -> Path:
             "pooling": checkpoint.pooling.mode,
             "normalize": checkpoint.pooling.normalize,
             "max_seq_length": max_len,
+            "prompts": prompts,
+            "default_prompt_name": default_prompt_name,
             "opset": onnx_export.OPSET,
             "inputs": [io_spec(n, "int64", ["batch_size", "sequence_length"]) for n in onnx_export.INPUT_NAMES],
             "graphs": {name: _graph_entry(name, config.hidden_size, report.parity, report.latency_ms, build)

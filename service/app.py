@@ -29,7 +29,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service import __version__
 from service.api.deps import Services
-from service.api.errors import INTERNAL_ERROR_MESSAGE, error_response, install_error_handlers
+from service.api.errors import INTERNAL_ERROR_MESSAGE, error_response, family_of, install_error_handlers
 from service.api.openapi import ServedLimits, describe
 from service.api.request_ids import request_id as _request_id
 from service.api.routes import ClientDisconnectedError, inference, probes
@@ -137,9 +137,11 @@ def create_app(settings: Settings, *, core: Core | None = None) -> FastAPI:
     app.include_router(inference)
     install_error_handlers(app)
 
-    async def on_disconnect(_request: Request, _exc: Exception) -> Response:
+    async def on_disconnect(request: Request, _exc: Exception) -> Response:
         logger.info("client disconnected before its reply (499)")
-        return error_response(499, "client closed the request", "client_closed_request", None, "client_closed")
+        family = family_of(request.scope["path"])
+        err_type = "Validation" if family == "tei" else "client_closed_request"
+        return error_response(499, "client closed the request", err_type, None, "client_closed", family=family)
 
     app.add_exception_handler(ClientDisconnectedError, on_disconnect)
     app.add_exception_handler(ClientDisconnect, on_disconnect)  # gone while its body was being read
@@ -226,7 +228,9 @@ class RequestContextMiddleware:
         except Exception:
             logger.exception("unhandled error (request id %s)", request_id)
             if not started:
-                response = error_response(500, INTERNAL_ERROR_MESSAGE, "server_error", None, "internal_error")
+                family = family_of(scope["path"])
+                response = error_response(500, INTERNAL_ERROR_MESSAGE, "Backend" if family == "tei" else "server_error",
+                                          None, "internal_error", family=family)
                 await response(scope, receive, send_wrapper)
         finally:
             self.metrics.inflight.dec()

@@ -48,6 +48,9 @@ class Manifest:
     pad_token_id: int
     graphs: dict[str, GraphSpec]
     tokenizer_path: Path
+    # sentence-transformers prompts (config_sentence_transformers.json): name -> text prepended to an input.
+    prompts: dict[str, str] = field(default_factory=dict)
+    default_prompt_name: str | None = None
     raw: dict[str, Any] = field(repr=False, default_factory=dict)
 
     def graph(self, key: str) -> GraphSpec:
@@ -120,6 +123,13 @@ def load_manifest(directory: Path, *, verify: bool = True) -> Manifest:
             default=bool(spec.get("default", False)),
         )
 
+    prompts = raw.get("prompts") or {}
+    if not isinstance(prompts, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in prompts.items()):
+        raise ArtifactError(f"'prompts' in {manifest_path} must map names to strings")
+    default_prompt_name = raw.get("default_prompt_name")
+    if default_prompt_name is not None and default_prompt_name not in prompts:
+        raise ArtifactError(f"default_prompt_name {default_prompt_name!r} in {manifest_path} is not in 'prompts'")
+
     config = raw.get("config", {})
     special = raw.get("special_tokens", {})
     pad_id = special.get("pad", config.get("pad_token_id", 0))
@@ -135,6 +145,8 @@ def load_manifest(directory: Path, *, verify: bool = True) -> Manifest:
         pad_token_id=int(pad_id),
         graphs=graphs,
         tokenizer_path=directory / "tokenizer.json",
+        prompts=dict(prompts),
+        default_prompt_name=default_prompt_name,
         raw=raw,
     )
     logger.info(

@@ -10,12 +10,13 @@ Order matters for load shedding and fairness:
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from typing import Literal
+from dataclasses import dataclass, field, replace
+from typing import Literal, cast
 
 import numpy as np
 
@@ -36,6 +37,10 @@ from service.tokenizer import Encoded, TextTokenizer, TruncationPolicy
 logger = logging.getLogger(__name__)
 
 _NORM_FLOOR = 1e-12
+TOKENIZE_WORKERS = 2  # the tokenizer thread pool (reported as TEI's `tokenization_workers`)
+
+# One input: a text, or a list of token ids taken verbatim.
+Input = str | Sequence[int]
 
 
 @dataclass(frozen=True)
@@ -54,6 +59,9 @@ class EncodeOptions:
     dimensions: int | None = None
     token_embeddings: bool = False
     attention: AttentionSpec | None = None
+    # A sentence-transformers prompt name; None applies the model's default prompt (if it has one), like
+    # SentenceTransformer.encode. Prompts are prepended to text inputs only, never to token ids.
+    prompt_name: str | None = None
 
 
 @dataclass(frozen=True)
@@ -104,14 +112,15 @@ class Engine:
         self.settings = settings
         self.metrics = metrics
         self.graphs = graphs
-        self._executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="tokenize")
+        self._executor = ThreadPoolExecutor(max_workers=TOKENIZE_WORKERS, thread_name_prefix="tokenize")
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
 
     # --- public operations ----------------------------------------------------------------------------------
 
-    async def tokenize(self, texts: Sequence[str], *, add_special_tokens: bool = True) -> list[Encoded]:
+    async def tokenize(self, texts: Sequence[str], *, add_special_tokens: bool = True,
+                       prompt_name: str | None = None) -> list[Encoded]:
         """Tokenize for /tokenize: no window, no batcher, but the same char cap and off the event loop."""
         self._check_count(len(texts))
         return await self.tokenizer.aencode_batch(
@@ -121,19 +130,41 @@ class Engine:
             add_special_tokens=add_special_tokens,
             enforce_window=False,
             allow_empty=True,
+            prefix=self.prompt(prompt_name),
         )
 
-    async def encode(self, inputs: Sequence[str] | Sequence[Sequence[int]], options: EncodeOptions) -> EncodeResult:
+    async def decode(self, ids_lists: Sequence[Sequence[int]], *, skip_special_tokens: bool) -> list[str]:
+        """Token ids back to text, one string per list (TEI's /decode), off the event loop."""
+        self._check_count(len(ids_lists))
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            self._executor,
+            functools.partial(self.tokenizer.decode_batch, ids_lists, skip_special_tokens=skip_special_tokens),
+        )
+
+    def prompt(self, name: str | None) -> str:
+        """The text a prompt name prepends; None gives the model's default prompt, or none."""
+        prompts = self.manifest.prompts
+        if name is None:
+            default = self.manifest.default_prompt_name
+            return prompts[default] if default is not None else ""
+        if name not in prompts:
+            have = ", ".join(sorted(prompts)) if prompts else "none"
+            raise InvalidRequestError(
+                f"prompt_name is not a prompt of this model (its prompts: {have})", param="prompt_name",
+                code="unknown_prompt",
+            )
+        return prompts[name]
+
+    async def encode(self, inputs: Sequence[Input], options: EncodeOptions) -> EncodeResult:
         """Run inputs through the model. Raises ServiceError subclasses only (mapped to HTTP in api/errors.py)."""
         started = time.perf_counter()
         self._check_count(len(inputs))
         self._check_options(options)
+        prefix = self.prompt(options.prompt_name)
         with self.batcher.try_admit(len(inputs)) as admission:
             t0 = time.perf_counter()
-            if inputs and not isinstance(inputs[0], str):
-                encoded = self.tokenizer.encode_ids(inputs, options.policy)  # type: ignore[arg-type]
-            else:
-                encoded = await self.tokenizer.aencode_batch(inputs, options.policy, self._executor)  # type: ignore[arg-type]
+            encoded = await self._tokenize_inputs(inputs, options.policy, prefix)
             tokenize_s = time.perf_counter() - t0
             self.metrics.observe_stage("tokenize", tokenize_s)
             self._check_tokens(encoded, options)
@@ -152,6 +183,35 @@ class Engine:
             prompt_tokens=sum(e.token_count for e in encoded),
             characters=sum(e.char_count for e in encoded),
         )
+
+    async def similarity(self, source: str, sentences: Sequence[str],
+                         options: EncodeOptions) -> tuple[list[float], EncodeResult]:
+        """Cosine similarity of `source` with each of `sentences` (TEI's /similarity), in one pass."""
+        if not sentences:
+            raise InvalidRequestError("inputs.sentences must not be empty", param="inputs.sentences",
+                                      code="empty_input")
+        result = await self.encode([source, *sentences], replace(options, normalize=True, dimensions=None))
+        vectors = np.stack([it.embedding for it in result.items])  # (1 + N, D), unit length
+        return [float(x) for x in np.clip(vectors[1:] @ vectors[0], -1.0, 1.0)], result
+
+    async def _tokenize_inputs(self, inputs: Sequence[Input], policy: TruncationPolicy, prefix: str) -> list[Encoded]:
+        """Texts through the tokenizer (off the loop, with the prompt), token-id lists verbatim, in input order."""
+        text_at = [i for i, x in enumerate(inputs) if isinstance(x, str)]
+        ids_at = [i for i, x in enumerate(inputs) if not isinstance(x, str)]
+        mixed = bool(text_at) and bool(ids_at)
+        out: list[Encoded | None] = [None] * len(inputs)
+        if text_at:
+            texts = [cast(str, inputs[i]) for i in text_at]
+            encoded = await self.tokenizer.aencode_batch(
+                texts, policy, self._executor, prefix=prefix, positions=text_at if mixed else None
+            )
+            for i, e in zip(text_at, encoded, strict=True):
+                out[i] = e
+        if ids_at:
+            ids = [cast(Sequence[int], inputs[i]) for i in ids_at]
+            for i, e in zip(ids_at, self.tokenizer.encode_ids(ids, policy, positions=ids_at), strict=True):
+                out[i] = e
+        return cast(list[Encoded], out)
 
     async def probe(self, timeout_s: float) -> bool:
         """One [CLS] [SEP] forward pass through the batcher (TEI's health re-probe); True when it computed.

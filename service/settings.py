@@ -47,6 +47,10 @@ class Settings(BaseSettings):
     max_queue_size: int = Field(2048, ge=1)
     queue_timeout_s: float = Field(10.0, gt=0)
 
+    # What an over-long input does when the request leaves `truncate` out (or null): cut to the model's window
+    # and report it (true, TEI 1.9's default), or 422 (false). A request's own `truncate` always wins.
+    auto_truncate: bool = True
+
     max_body_bytes: int = Field(2_000_000, ge=1)
     max_inputs_per_request: int = Field(256, ge=1)
     max_chars_per_input: int = Field(100_000, ge=1)

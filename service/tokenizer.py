@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from tokenizers import Encoding, Tokenizer
@@ -101,16 +101,23 @@ class TextTokenizer:
         add_special_tokens: bool = True,
         enforce_window: bool = True,
         allow_empty: bool = False,
+        prefix: str = "",
+        positions: Sequence[int] | None = None,
     ) -> list[Encoded]:
         """Tokenize `texts`; raises InvalidRequestError (param ``input[i]``) for unusable or over-long ones.
 
         `enforce_window=False` (for /tokenize) skips the model-window check; the character cap always applies.
+        `prefix` (a sentence-transformers prompt) is prepended to every text before anything else, so limits,
+        truncation and offsets see the text the model sees. `positions` are the texts' indexes in the request,
+        for error messages, when they are only some of its inputs.
         Blocking (the Rust tokenizer parallelises internally); call `aencode_batch` from async code.
         """
         capped: list[str] = []
         char_cut: list[bool] = []
-        for i, text in enumerate(texts):
+        for j, text in enumerate(texts):
+            i = positions[j] if positions is not None else j
             _check_encodable(text, i)
+            text = prefix + text
             if len(text) > self.max_chars:
                 if not policy.truncate:
                     raise InvalidRequestError(
@@ -127,7 +134,8 @@ class TextTokenizer:
         raw = self._tok.encode_batch(capped, add_special_tokens=False)
         out: list[Encoded] = []
         budget = self.content_budget
-        for i, (text, enc) in enumerate(zip(capped, raw, strict=True)):
+        for j, (text, enc) in enumerate(zip(capped, raw, strict=True)):
+            i = positions[j] if positions is not None else j
             n_content = len(enc.ids)
             if n_content == 0 and not allow_empty:
                 raise InvalidRequestError(
@@ -136,7 +144,7 @@ class TextTokenizer:
                     code="empty_input",
                 )
             original = n_content + (self._n_special if add_special_tokens else 0)
-            truncated = char_cut[i]
+            truncated = char_cut[j]
             if enforce_window and n_content > budget:
                 if not policy.truncate:
                     raise InvalidRequestError(
@@ -151,17 +159,13 @@ class TextTokenizer:
             out.append(self._to_encoded(text, enc, truncated, original))
         return out
 
-    def encode_ids(self, ids_list: Sequence[Sequence[int]], policy: TruncationPolicy) -> list[Encoded]:
+    def encode_ids(self, ids_list: Sequence[Sequence[int]], policy: TruncationPolicy,
+                   positions: Sequence[int] | None = None) -> list[Encoded]:
         """Accept pre-tokenized input verbatim (specials are the client's business), with the same limits."""
         out: list[Encoded] = []
-        for i, ids in enumerate(ids_list):
-            if len(ids) == 0:
-                raise InvalidRequestError(f"input[{i}] must not be empty", param=f"input[{i}]", code="empty_input")
-            arr = np.asarray(ids, dtype=np.int64)
-            if int(arr.min()) < 0 or int(arr.max()) >= self.vocab_size:
-                raise InvalidRequestError(
-                    f"input[{i}] has token ids outside [0, {self.vocab_size})", param=f"input[{i}]"
-                )
+        for j, ids in enumerate(ids_list):
+            i = positions[j] if positions is not None else j
+            arr = self._checked_ids(ids, i)
             original = len(arr)
             truncated = False
             if original > self.max_length:
@@ -180,12 +184,28 @@ class TextTokenizer:
             out.append(Encoded(np.ascontiguousarray(arr), truncated, len(arr), original, 0, source))
         return out
 
+    def _checked_ids(self, ids: Sequence[int], index: int) -> np.ndarray:
+        if len(ids) == 0:
+            raise InvalidRequestError(f"input[{index}] must not be empty", param=f"input[{index}]",
+                                      code="empty_input")
+        arr = np.asarray(ids, dtype=np.int64)
+        if int(arr.min()) < 0 or int(arr.max()) >= self.vocab_size:
+            raise InvalidRequestError(
+                f"input[{index}] has token ids outside [0, {self.vocab_size})", param=f"input[{index}]"
+            )
+        return arr
+
+    def decode_batch(self, ids_list: Sequence[Sequence[int]], *, skip_special_tokens: bool) -> list[str]:
+        """Token ids back to text (TEI's /decode), with the same id checks as token-id inputs."""
+        checked = [self._checked_ids(ids, i).tolist() for i, ids in enumerate(ids_list)]
+        return self._tok.decode_batch(checked, skip_special_tokens=skip_special_tokens)
+
     async def aencode_batch(
         self,
         texts: Sequence[str],
         policy: TruncationPolicy,
         executor: Executor | None = None,
-        **options: bool,
+        **options: Any,
     ) -> list[Encoded]:
         """Tokenize off the event loop, so a long text never stalls other requests or /health."""
         loop = asyncio.get_running_loop()

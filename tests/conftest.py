@@ -15,9 +15,9 @@ REAL_ARTIFACT_DIR = REPO / "artifacts" / "all-MiniLM-L6-v2"
 
 @pytest.fixture(scope="session")
 def tiny_checkpoint_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from tests.tiny_checkpoint import make_tiny_checkpoint
+    from tests.tiny_checkpoint import TINY_PROMPTS, make_tiny_checkpoint
 
-    return make_tiny_checkpoint(tmp_path_factory.mktemp("tiny-checkpoint") / "tiny-bert")
+    return make_tiny_checkpoint(tmp_path_factory.mktemp("tiny-checkpoint") / "tiny-bert", prompts=TINY_PROMPTS)
 
 
 @pytest.fixture(scope="session")

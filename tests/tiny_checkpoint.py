@@ -12,6 +12,8 @@ import shutil
 from pathlib import Path
 
 TINY_SHAPE = {"hidden_size": 48, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 96}
+# sentence-transformers prompts of the session's tiny model (no default: plain inputs stay plain)
+TINY_PROMPTS = {"query": "query: ", "passage": "passage: "}
 
 
 def minilm_dir() -> Path:
@@ -25,8 +27,10 @@ def minilm_dir() -> Path:
 
 
 def make_tiny_checkpoint(directory: Path, *, seed: int = 0, pooling: str = "mean", max_seq_length: int = 128,
+                         prompts: dict[str, str] | None = None, default_prompt_name: str | None = None,
                          **overrides: int) -> Path:
-    """Write config.json, model.safetensors, tokenizer.json and sentence-transformers files into directory."""
+    """Write config.json, model.safetensors, tokenizer.json and sentence-transformers files into directory
+    (config_sentence_transformers.json too when `prompts` are given)."""
     import torch
     from transformers import BertConfig, BertModel
 
@@ -59,4 +63,14 @@ def make_tiny_checkpoint(directory: Path, *, seed: int = 0, pooling: str = "mean
     (directory / "sentence_bert_config.json").write_text(
         json.dumps({"max_seq_length": max_seq_length, "do_lower_case": False})
     )
+    if prompts is not None:
+        write_prompts(directory, prompts, default_prompt_name)
     return directory
+
+
+def write_prompts(directory: Path, prompts: dict[str, str], default_prompt_name: str | None = None) -> None:
+    """config_sentence_transformers.json as sentence-transformers 3+ writes it."""
+    (directory / "config_sentence_transformers.json").write_text(json.dumps({
+        "__version__": {"sentence_transformers": "3.0.0"}, "prompts": prompts,
+        "default_prompt_name": default_prompt_name, "similarity_fn_name": "cosine",
+    }))

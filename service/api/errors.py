@@ -1,15 +1,20 @@
 """The ONE table from error type to HTTP reply, and the handlers that make every non-2xx look the same.
 
-Every error reply is ``{"error": {"message", "type", "param", "code"}}`` (OpenAI's shape), carries X-Request-ID
-(added by the request middleware) and, for 429/503, Retry-After. FastAPI's and Starlette's own 404/405/422/500
-replies are overridden here. Messages come from our ServiceErrors, which never contain raw input; validation
-messages are rebuilt from pydantic's error *type* and location only, since pydantic puts the input in `input`.
+Two route families, two shapes, one table. OpenAI's shape ``{"error": {"message", "type", "param", "code"}}`` is
+the answer everywhere except on text-embeddings-inference's routes (`TEI_PATHS`), where TEI's clients expect
+``{"error": "<message>", "error_type": "<TEI type>"}`` with TEI's status for that type (Empty 400, Validation and
+Tokenizer 422, Overloaded 429, Backend 424, Unhealthy 503). The family is chosen by the request path, so
+framework-level errors (bad JSON, content type, 405, 413) get their route's shape too. Either way the reply
+carries X-Request-ID (added by the request middleware) and, for 429/503, Retry-After. FastAPI's and Starlette's
+own 404/405/422/500 replies are overridden here. Messages come from our ServiceErrors, which never contain raw
+input; validation messages are rebuilt from pydantic's error *type* and location only, since pydantic puts the
+input in `input`.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 from fastapi import FastAPI
@@ -69,6 +74,32 @@ ERROR_TABLE: tuple[tuple[type[ServiceError], int, str], ...] = (
 )
 
 
+Family = Literal["openai", "tei"]
+
+# text-embeddings-inference's routes: their errors are in TEI's shape. The task routes of other model kinds
+# (/rerank, /predict, /embed_sparse) belong here as they arrive.
+TEI_PATHS = frozenset({"/", "/invocations", "/embed", "/embed_all", "/tokenize", "/decode", "/similarity",
+                       "/rerank", "/predict", "/embed_sparse"})
+
+# TEI's ErrorType for a ServiceError (first match in MRO order), and the status TEI gives that type where it
+# differs from ours. A request TEI has no word for (auth, content type, body size, route, method) is Validation
+# with our status, since TEI's enum is closed; an empty input is Empty (400), as TEI answers it.
+_TEI_TYPES: tuple[tuple[type[ServiceError], str], ...] = (
+    (QueueFullError, "Overloaded"),
+    (OverloadError, "Unhealthy"),
+    (InferenceError, "Backend"),
+    (RequestError, "Validation"),
+    (ServiceError, "Backend"),
+)
+_TEI_CODE_TYPES = {"empty_input": "Empty", "invalid_text": "Tokenizer"}
+TEI_STATUS = {"Empty": 400, "Overloaded": 429, "Backend": 424, "Unhealthy": 503}
+
+
+def family_of(path: str) -> Family:
+    """Which error shape a request to `path` is answered in."""
+    return "tei" if path in TEI_PATHS else "openai"
+
+
 def status_for(exc: ServiceError) -> tuple[int, str]:
     """HTTP status and error type for a ServiceError, from the table above."""
     for cls in type(exc).__mro__:
@@ -78,27 +109,55 @@ def status_for(exc: ServiceError) -> tuple[int, str]:
     return 500, "server_error"
 
 
-def error_body(message: str, err_type: str, param: str | None, code: str | None) -> dict[str, Any]:
+def tei_type_for(exc: ServiceError) -> str:
+    if exc.code in _TEI_CODE_TYPES:
+        return _TEI_CODE_TYPES[exc.code]
+    for cls in type(exc).__mro__:
+        for err_cls, tei_type in _TEI_TYPES:
+            if cls is err_cls:
+                return tei_type
+    return "Backend"
+
+
+def tei_status_for(exc: ServiceError) -> tuple[int, str]:
+    """TEI's status and ErrorType for a ServiceError. Validation keeps our (more precise) status; a failed
+    forward pass is TEI's 424; our own 500 (a bug, not a model failure) stays 500."""
+    status, _ = status_for(exc)
+    tei_type = tei_type_for(exc)
+    if tei_type == "Backend" and not isinstance(exc, InferenceError):
+        return status, tei_type
+    return TEI_STATUS.get(tei_type, status), tei_type
+
+
+def error_body(message: str, err_type: str, param: str | None, code: str | None,
+               family: Family = "openai") -> dict[str, Any]:
+    """The reply body; in the TEI family `err_type` must be a TEI ErrorType and param/code are not sent."""
+    if family == "tei":
+        return {"error": message, "error_type": err_type}
     return {"error": {"message": message, "type": err_type, "param": param, "code": code}}
 
 
 def error_response(
     status: int, message: str, err_type: str, param: str | None = None, code: str | None = None,
-    headers: dict[str, str] | None = None,
+    headers: dict[str, str] | None = None, family: Family = "openai",
 ) -> Response:
     return Response(
-        orjson.dumps(error_body(message, err_type, param, code)),
+        orjson.dumps(error_body(message, err_type, param, code, family)),
         status_code=status,
         media_type="application/json",
         headers=headers,
     )
 
 
-def service_error_response(exc: ServiceError) -> Response:
+def reply_parts(exc: ServiceError, family: Family = "openai") -> tuple[int, dict[str, Any], dict[str, str]]:
+    """Status, body and headers of the reply to `exc` in `family`'s shape (shared by the app's handlers and the
+    protocol-level door)."""
     status, err_type = status_for(exc)
     message = exc.message
     if status >= 500 and not isinstance(exc, OverloadError):
         message = INFERENCE_FAILED_MESSAGE if isinstance(exc, InferenceError) else INTERNAL_ERROR_MESSAGE
+    if family == "tei":
+        status, err_type = tei_status_for(exc)
     headers: dict[str, str] = {}
     if isinstance(exc, OverloadError) or status in (429, 503):
         headers["Retry-After"] = str(max(1, int(getattr(exc, "retry_after_s", 1))))
@@ -106,7 +165,12 @@ def service_error_response(exc: ServiceError) -> Response:
         headers["WWW-Authenticate"] = "Bearer"
     if isinstance(exc, RequestTimeoutError) or exc.code == "payload_too_large":
         headers["Connection"] = "close"  # the rest of the body was never read: do not reuse this connection
-    return error_response(status, message, err_type, exc.param, exc.code, headers)
+    return status, error_body(message, err_type, exc.param, exc.code, family), headers
+
+
+def service_error_response(exc: ServiceError, family: Family = "openai") -> Response:
+    status, body, headers = reply_parts(exc, family)
+    return Response(orjson.dumps(body), status_code=status, media_type="application/json", headers=headers)
 
 
 def param_from_loc(loc: tuple[Any, ...]) -> str | None:
@@ -129,11 +193,19 @@ def param_from_loc(loc: tuple[Any, ...]) -> str | None:
 _TYPE_TAGS = frozenset({"str", "int", "float", "bool", "list", "dict", "none", "literal", "tuple"})
 
 
+def _specificity(error: dict[str, Any]) -> tuple[int, tuple[int, ...], int]:
+    """Deepest index first, then the highest index (the union branch that got furthest into a list), then the
+    longest location."""
+    loc = tuple(error.get("loc", ()))
+    indexes = tuple(p for p in loc if isinstance(p, int))
+    return len(indexes), indexes, len(loc)
+
+
 def validation_error_from(errors: list[dict[str, Any]]) -> InvalidRequestError:
     """Pick the most specific pydantic error (deepest location) and describe it without the input value."""
     if not errors:
         return InvalidRequestError("request is invalid")
-    best = max(errors, key=lambda e: len([p for p in e.get("loc", ()) if isinstance(p, int)]))
+    best = max(errors, key=_specificity)
     param = param_from_loc(tuple(best.get("loc", ())))
     kind = best.get("type", "invalid")
     msg = str(best.get("msg", "invalid value"))
@@ -158,7 +230,7 @@ def install_error_handlers(app: FastAPI) -> None:
         metrics = getattr(services, "metrics", None)
         if metrics is not None and (status < 500 or isinstance(exc, OverloadError)):
             metrics.rejected.labels(exc.code).inc()
-        return service_error_response(exc)
+        return service_error_response(exc, family_of(request.scope["path"]))
 
     async def on_validation_error(request: Request, exc: Exception) -> Response:
         errors = exc.errors() if isinstance(exc, (RequestValidationError, ValidationError)) else []
@@ -173,8 +245,12 @@ def install_error_handlers(app: FastAPI) -> None:
             err = MethodNotAllowedError("method not allowed on this route")
         else:
             status = exc.status_code
-            err_type = "invalid_request_error" if status < 500 else "server_error"
-            return error_response(status, "request failed", err_type, None, f"http_{status}")
+            family = family_of(request.scope["path"])
+            if family == "tei":
+                err_type = "Validation" if status < 500 else "Backend"
+            else:
+                err_type = "invalid_request_error" if status < 500 else "server_error"
+            return error_response(status, "request failed", err_type, None, f"http_{status}", family=family)
         response = await on_service_error(request, err)
         if exc.headers and "allow" in {k.lower() for k in exc.headers}:
             response.headers["Allow"] = next(v for k, v in exc.headers.items() if k.lower() == "allow")

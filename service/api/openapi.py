@@ -13,11 +13,14 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, RootModel
 
+from service.api.errors import family_of
 from service.api.schemas import (
     EncodeRequest,
     OpenAIEmbeddingsRequest,
+    TEIDecodeRequest,
     TEIEmbedAllRequest,
     TEIEmbedRequest,
+    TEISimilarityRequest,
     TEITokenizeRequest,
 )
 
@@ -33,6 +36,13 @@ class ErrorResponse(BaseModel):
     """Every non-2xx reply (docs/api.md §Errors)."""
 
     error: ErrorDetail
+
+
+class TEIErrorResponse(BaseModel):
+    """Every non-2xx reply on text-embeddings-inference's routes (TEI's ErrorResponse)."""
+
+    error: str
+    error_type: Literal["Unhealthy", "Backend", "Overloaded", "Validation", "Tokenizer", "Empty"]
 
 
 class Usage(BaseModel):
@@ -59,6 +69,18 @@ class TEIEmbedResponse(RootModel[list[list[float]]]):
 
 class TEIEmbedAllResponse(RootModel[list[list[list[float]]]]):
     pass
+
+
+class TEISimilarityResponse(RootModel[list[float]]):
+    pass
+
+
+class TEIDecodeResponse(RootModel[list[str]]):
+    pass
+
+
+class TEIRootResponse(RootModel[list[list[float]] | list[float]]):
+    """POST / and /invocations: /embed's reply, or /similarity's for an object `inputs`."""
 
 
 class TEIToken(BaseModel):
@@ -128,13 +150,21 @@ class Info(RootModel[dict[str, Any]]):
     pass
 
 
-# path -> (method, request model or None, success model or None for text/plain, error statuses)
+# path -> (method, request model(s) or None, success model or None for text/plain, error statuses). Errors are
+# in TEI's shape on TEI's routes (api/errors.TEI_PATHS), OpenAI's elsewhere.
 _INFERENCE_ERRORS = (400, 401, 404, 408, 413, 415, 422, 429, 500, 503)
-ROUTES: dict[str, tuple[str, type[BaseModel] | None, type[BaseModel] | None, tuple[int, ...]]] = {
+_TEI_ERRORS = (400, 401, 408, 413, 415, 422, 424, 429, 500, 503)
+_TEI_TOKENIZER_ERRORS = (400, 401, 408, 413, 415, 422, 500, 503)
+Requests = type[BaseModel] | tuple[type[BaseModel], ...] | None
+ROUTES: dict[str, tuple[str, Requests, type[BaseModel] | None, tuple[int, ...]]] = {
     "/v1/embeddings": ("post", OpenAIEmbeddingsRequest, OpenAIEmbeddingsResponse, _INFERENCE_ERRORS),
-    "/embed": ("post", TEIEmbedRequest, TEIEmbedResponse, _INFERENCE_ERRORS),
-    "/embed_all": ("post", TEIEmbedAllRequest, TEIEmbedAllResponse, _INFERENCE_ERRORS),
-    "/tokenize": ("post", TEITokenizeRequest, TEITokenizeResponse, _INFERENCE_ERRORS),
+    "/": ("post", (TEIEmbedRequest, TEISimilarityRequest), TEIRootResponse, _TEI_ERRORS),
+    "/invocations": ("post", (TEIEmbedRequest, TEISimilarityRequest), TEIRootResponse, _TEI_ERRORS),
+    "/embed": ("post", TEIEmbedRequest, TEIEmbedResponse, _TEI_ERRORS),
+    "/embed_all": ("post", TEIEmbedAllRequest, TEIEmbedAllResponse, _TEI_ERRORS),
+    "/similarity": ("post", TEISimilarityRequest, TEISimilarityResponse, _TEI_ERRORS),
+    "/tokenize": ("post", TEITokenizeRequest, TEITokenizeResponse, _TEI_TOKENIZER_ERRORS),
+    "/decode": ("post", TEIDecodeRequest, TEIDecodeResponse, _TEI_TOKENIZER_ERRORS),
     "/v1/encode": ("post", EncodeRequest, EncodeResponse, _INFERENCE_ERRORS),
     "/v1/models": ("get", None, ModelList, (401, 500)),
     "/info": ("get", None, Info, (401, 500, 503)),
@@ -146,7 +176,8 @@ ROUTES: dict[str, tuple[str, type[BaseModel] | None, type[BaseModel] | None, tup
 _REASONS = {
     400: "Unparseable body", 401: "Missing or wrong API key", 404: "Unknown route or model",
     408: "Body not received in time", 413: "Body, inputs or tokens over a limit",
-    415: "Not JSON, or compressed", 422: "Invalid request", 429: "Queue full (Retry-After)",
+    415: "Not JSON, or compressed", 422: "Invalid request", 424: "Inference failed (TEI's Backend error)",
+    429: "Queue full (Retry-After)",
     500: "Inference failed (generic message)", 503: "Not ready, draining, stalled or queue deadline (Retry-After)",
 }
 
@@ -170,32 +201,38 @@ class ServedLimits:
     vocab_size: int
 
 
+def _limit_text(schema: dict[str, Any], limits: ServedLimits, *, allow_empty_text: bool) -> None:
+    """One input: a text needs a character (except for /tokenize, which takes ""), token ids stay inside the
+    vocabulary (any length: they are truncated like text)."""
+    if schema.get("type") == "string" and not allow_empty_text:
+        schema["minLength"] = 1
+    elif schema.get("type") == "array" and schema.get("items", {}).get("type") == "integer":
+        schema["minItems"] = 1
+        schema["items"]["maximum"] = limits.vocab_size - 1
+
+
 def _limit_inputs(prop: dict[str, Any], limits: ServedLimits, *, allow_empty_text: bool) -> None:
-    """Texts need at least one character (except /tokenize, which takes ""), lists hold 1..max_inputs inputs;
-    a list of token ids is one input (any length: it is truncated like text), ids stay inside the vocabulary."""
-    min_length = {} if allow_empty_text else {"minLength": 1}
+    """A single input, or a list of 1..max_inputs inputs (texts, id lists, or a mix of both)."""
     for branch in prop.get("anyOf", []):
         items = branch.get("items", {})
-        if branch.get("type") == "string":
-            branch.update(min_length)
-        elif items.get("type") == "string":
+        if branch.get("type") == "string" or items.get("type") == "integer":
+            _limit_text(branch, limits, allow_empty_text=allow_empty_text)
+        elif branch.get("type") == "array":
             branch.update(minItems=1, maxItems=limits.max_inputs)
-            items.update(min_length)
-        elif items.get("type") == "integer":
-            branch["minItems"] = 1
-            items["maximum"] = limits.vocab_size - 1
-        elif items.get("type") == "array":
-            branch.update(minItems=1, maxItems=limits.max_inputs)
-            items["minItems"] = 1
-            items.get("items", {})["maximum"] = limits.vocab_size - 1
+            for item in items.get("anyOf", [items]):
+                _limit_text(item, limits, allow_empty_text=allow_empty_text)
 
 
 def _apply_limits(components: dict[str, Any], limits: ServedLimits) -> None:
     for name, component in components.items():
         props = component.get("properties", {})
-        for field in ("input", "inputs"):
-            if field in props and name.endswith("Request"):
+        for field in ("input", "inputs", "ids"):
+            if field in props and name.endswith("Request") and "anyOf" in props[field]:
                 _limit_inputs(props[field], limits, allow_empty_text=name == "TEITokenizeRequest")
+        if name == "SimilarityInput":
+            props["source_sentence"]["minLength"] = 1
+            props["sentences"].update(minItems=1, maxItems=limits.max_inputs - 1)
+            props["sentences"]["items"]["minLength"] = 1
         for branch in props.get("dimensions", {}).get("anyOf", []):
             if branch.get("type") == "integer":
                 branch["maximum"] = limits.embedding_dim
@@ -209,20 +246,21 @@ def _apply_limits(components: dict[str, Any], limits: ServedLimits) -> None:
 def describe(schema: dict[str, Any], limits: ServedLimits | None = None) -> dict[str, Any]:
     """Fill the generated OpenAPI document in place with bodies, replies and error statuses; return it."""
     components = schema.setdefault("components", {}).setdefault("schemas", {})
-    error = _ref(ErrorResponse, components)
+    errors = {"openai": _ref(ErrorResponse, components), "tei": _ref(TEIErrorResponse, components)}
     for path, (method, request, reply, statuses) in ROUTES.items():
         operation = schema.get("paths", {}).get(path, {}).get(method)
         if operation is None:
             continue
         if request is not None:
-            operation["requestBody"] = {
-                "required": True, "content": {"application/json": {"schema": _ref(request, components)}},
-            }
+            models = request if isinstance(request, tuple) else (request,)
+            refs = [_ref(model, components) for model in models]
+            body_schema = refs[0] if len(refs) == 1 else {"anyOf": refs}
+            operation["requestBody"] = {"required": True, "content": {"application/json": {"schema": body_schema}}}
         ok = {"text/plain": {"schema": {"type": "string"}}} if reply is None else {
             "application/json": {"schema": _ref(reply, components)}
         }
         responses: dict[str, Any] = {"200": {"description": "OK", "content": ok}}
-        error_content = {"application/json": {"schema": error}}
+        error_content = {"application/json": {"schema": errors[family_of(path)]}}
         for status in statuses:
             responses[str(status)] = {"description": _REASONS[status], "content": error_content}
         operation["responses"] = responses

@@ -24,11 +24,13 @@ from service.api.jsonio import JSONBody, read_json
 from service.api.schemas import (
     EncodeRequest,
     OpenAIEmbeddingsRequest,
+    TEIDecodeRequest,
     TEIEmbedAllRequest,
     TEIEmbedRequest,
+    TEISimilarityRequest,
     TEITokenizeRequest,
 )
-from service.engine import AttentionSpec, EncodeOptions, EncodeResult
+from service.engine import TOKENIZE_WORKERS, AttentionSpec, EncodeOptions, EncodeResult, Input
 from service.errors import ModelNotFoundError, UnavailableError
 from service.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from service.tokenizer import Encoded, TruncationPolicy
@@ -42,6 +44,8 @@ inference = APIRouter(dependencies=[Depends(require_api_key)])
 probes = APIRouter(dependencies=[Depends(require_probe_key)])
 
 READY_PROBE_TIMEOUT_S = 2.0
+# graph variant -> TEI's `model_dtype`
+MODEL_DTYPES = {"fp32": "float32", "fp32-fused": "float32", "fp16": "float16", "int8": "int8"}
 
 
 class ClientDisconnectedError(Exception):
@@ -51,14 +55,22 @@ class ClientDisconnectedError(Exception):
 # --- plumbing -----------------------------------------------------------------------------------------------
 
 
-async def parse(request: Request, services: ServicesDep, model: type[M]) -> M:
-    """Read and validate the body (a full queue was already answered 429 by api/shed.py, before reading)."""
+async def read_body(request: Request, services: ServicesDep) -> Any:
+    """Read the JSON body within the limits (a full queue was already answered 429 by api/shed.py)."""
     settings = services.settings
-    payload = await read_json(request, settings.max_body_bytes, settings.body_timeout_s)
+    return await read_json(request, settings.max_body_bytes, settings.body_timeout_s)
+
+
+def validate(payload: Any, model: type[M]) -> M:
     try:
         return model.model_validate(payload)
     except ValidationError as exc:
         raise validation_error_from(list(exc.errors())) from None
+
+
+async def parse(request: Request, services: ServicesDep, model: type[M]) -> M:
+    """Read and validate the body."""
+    return validate(await read_body(request, services), model)
 
 
 async def until_disconnect(request: Request, work: Awaitable[T]) -> T:
@@ -118,6 +130,13 @@ def as_list(value: str | list[T]) -> list[str] | list[T]:
     return [value] if isinstance(value, str) else value
 
 
+def as_inputs(value: str | list[Any]) -> list[Input]:
+    """One text or one list of token ids is a single input; any other list is a batch of inputs."""
+    if isinstance(value, str) or (value and isinstance(value[0], int)):
+        return [value]
+    return list(value)
+
+
 # --- inference routes ---------------------------------------------------------------------------------------
 
 
@@ -125,14 +144,13 @@ def as_list(value: str | list[T]) -> list[str] | list[T]:
 async def openai_embeddings(request: Request, services: ServicesDep, engine: EngineDep) -> Response:
     body = await parse(request, services, OpenAIEmbeddingsRequest)
     check_model(services, body.model)
-    raw = body.input
-    inputs: list[Any] = [raw] if isinstance(raw, str) or (raw and isinstance(raw[0], int)) else list(raw)
+    truncate = services.settings.auto_truncate if body.truncate is None else body.truncate
     options = EncodeOptions(
-        policy=TruncationPolicy(truncate=body.truncate),
+        policy=TruncationPolicy(truncate=truncate),
         normalize=engine.manifest.normalize,
         dimensions=body.dimensions,
     )
-    result = await until_disconnect(request, engine.encode(inputs, options))
+    result = await until_disconnect(request, engine.encode(as_inputs(body.input), options))
     encode = b64 if body.encoding_format == "base64" else np.ascontiguousarray
     data = [
         {"object": "embedding", "index": i, "embedding": encode(item.embedding)} for i, item in enumerate(result.items)
@@ -148,26 +166,71 @@ async def openai_embeddings(request: Request, services: ServicesDep, engine: Eng
 
 @inference.post("/embed")
 async def tei_embed(request: Request, services: ServicesDep, engine: EngineDep) -> Response:
-    body = await parse(request, services, TEIEmbedRequest)
-    options = EncodeOptions(policy=body.policy(), normalize=body.normalize, dimensions=body.dimensions)
-    result = await until_disconnect(request, engine.encode(as_list(body.inputs), options))
+    return await _embed(request, services, engine, await parse(request, services, TEIEmbedRequest))
+
+
+@inference.post("/")
+@inference.post("/invocations")
+async def tei_root(request: Request, services: ServicesDep, engine: EngineDep) -> Response:
+    """TEI's default route (and SageMaker's): the served model's task. For an embedding model that is /embed;
+    an object `inputs` ({"source_sentence", "sentences"}, huggingface_hub's `sentence_similarity` posted to the
+    base URL) is /similarity, which TEI itself only does when started with TASK=sentence-similarity."""
+    payload = await read_body(request, services)
+    if isinstance(payload, dict) and isinstance(payload.get("inputs"), dict):
+        return await _similarity(request, services, engine, validate(payload, TEISimilarityRequest))
+    return await _embed(request, services, engine, validate(payload, TEIEmbedRequest))
+
+
+async def _embed(request: Request, services: ServicesDep, engine: EngineDep, body: TEIEmbedRequest) -> Response:
+    options = EncodeOptions(policy=body.policy(services.settings.auto_truncate), normalize=body.normalize,
+                            dimensions=body.dimensions, prompt_name=body.prompt_name)
+    result = await until_disconnect(request, engine.encode(as_inputs(body.inputs), options))
     return JSONBody([np.ascontiguousarray(it.embedding) for it in result.items], headers=timing_headers(result))
 
 
 @inference.post("/embed_all")
 async def tei_embed_all(request: Request, services: ServicesDep, engine: EngineDep) -> Response:
     body = await parse(request, services, TEIEmbedAllRequest)
-    options = EncodeOptions(policy=body.policy(), normalize=False, token_embeddings=True)
-    result = await until_disconnect(request, engine.encode(as_list(body.inputs), options))
+    options = EncodeOptions(policy=body.policy(services.settings.auto_truncate), normalize=False,
+                            token_embeddings=True, prompt_name=body.prompt_name)
+    result = await until_disconnect(request, engine.encode(as_inputs(body.inputs), options))
     return JSONBody([it.token_embeddings for it in result.items], headers=timing_headers(result))
+
+
+@inference.post("/similarity")
+async def tei_similarity(request: Request, services: ServicesDep, engine: EngineDep) -> Response:
+    return await _similarity(request, services, engine, await parse(request, services, TEISimilarityRequest))
+
+
+async def _similarity(request: Request, services: ServicesDep, engine: EngineDep,
+                      body: TEISimilarityRequest) -> Response:
+    params = body.parameters
+    options = EncodeOptions(
+        policy=params.policy(services.settings.auto_truncate) if params else TruncationPolicy(
+            truncate=services.settings.auto_truncate),
+        prompt_name=params.prompt_name if params else None,
+    )
+    work = engine.similarity(body.inputs.source_sentence, body.inputs.sentences, options)
+    scores, result = await until_disconnect(request, work)
+    return JSONBody(scores, headers=timing_headers(result))
 
 
 @inference.post("/tokenize")
 async def tei_tokenize(request: Request, services: ServicesDep, engine: EngineDep) -> Response:
     body = await parse(request, services, TEITokenizeRequest)
     texts = as_list(body.inputs)
-    encoded = await engine.tokenize(texts, add_special_tokens=body.add_special_tokens)
-    return JSONBody([_tei_tokens(text, enc) for text, enc in zip(texts, encoded, strict=True)])
+    encoded = await engine.tokenize(texts, add_special_tokens=body.add_special_tokens, prompt_name=body.prompt_name)
+    prefix = engine.prompt(body.prompt_name)
+    return JSONBody([_tei_tokens(prefix + text, enc) for text, enc in zip(texts, encoded, strict=True)])
+
+
+@inference.post("/decode")
+async def tei_decode(request: Request, services: ServicesDep, engine: EngineDep) -> Response:
+    body = await parse(request, services, TEIDecodeRequest)
+    ids = body.ids
+    ids_lists: list[list[int]] = [ids] if not ids or isinstance(ids[0], int) else ids  # type: ignore[list-item]
+    texts = await engine.decode(ids_lists, skip_special_tokens=body.skip_special_tokens)
+    return JSONBody(texts)
 
 
 def _tei_tokens(text: str, enc: Encoded) -> list[dict[str, Any]]:
@@ -196,7 +259,7 @@ async def encode(request: Request, services: ServicesDep, engine: EngineDep) -> 
             aggregate=att.aggregate,
         )
     options = EncodeOptions(
-        policy=body.policy(),
+        policy=body.policy(services.settings.auto_truncate),
         normalize=body.normalize,
         dimensions=body.dimensions,
         token_embeddings=body.token_embeddings,
@@ -256,12 +319,31 @@ async def info(services: ServicesDep) -> Response:
     m, s, runner = services.manifest, services.settings, services.runner
     if m is None or runner is None:
         raise UnavailableError("the model is not loaded yet", retry_after_s=2)
-    return JSONBody(
+    content: dict[str, Any] = {
+        # text-embeddings-inference's Info (its typed clients parse these; docs/api.md §Compatibility)
+        "model_id": services.served_model_name,
+        "model_sha": None,
+        "model_dtype": MODEL_DTYPES.get(runner.variant, "float32"),
+        "served_model_name": services.served_model_name,
+        "model_type": {"embedding": {"pooling": m.pooling}},
+        "max_concurrent_requests": s.max_queue_size,  # the door lets in at most this many requests at once
+        "max_input_length": m.max_seq_length,
+        "max_batch_tokens": s.max_batch_tokens,
+        "max_batch_requests": s.max_batch_size,
+        "max_client_batch_size": s.max_inputs_per_request,
+        "auto_truncate": s.auto_truncate,
+        "tokenization_workers": TOKENIZE_WORKERS,
+        "version": __version__,
+        "sha": None,
+        "docker_label": None,
+    }
+    if m.prompts:
+        content["prompts"] = m.prompts
+        content["default_prompt_name"] = m.default_prompt_name
+    content.update(
         {
-            "model_id": services.served_model_name,
             "model_name": m.model_name,
             "embedding_dim": m.embedding_dim,
-            "max_input_length": m.max_seq_length,
             "pooling": m.pooling,
             "normalize_default": m.normalize,
             "num_layers": m.num_layers,
@@ -283,9 +365,9 @@ async def info(services: ServicesDep) -> Response:
                 "max_tokens_per_request": s.max_tokens_per_request,
                 "attention_budget": s.attention_budget,
             },
-            "version": __version__,
         }
     )
+    return JSONBody(content)
 
 
 # --- probes and metrics (no auth: orchestrators and scrapers call them) ---------------------------------------

@@ -30,31 +30,37 @@ class OpenAIEmbeddingsRequest(_Strict):
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: int | None = Field(default=None, ge=1)
     user: str | None = None
-    truncate: bool = True
+    truncate: bool | None = None  # null or absent: EMBED_AUTO_TRUNCATE
 
 
-class TEIEmbedRequest(_Strict):
-    """POST /embed (text-embeddings-inference)."""
+# TEI's `Input`: one text, one list of token ids, or a batch of either (mixed is allowed, as in TEI).
+TEIInput = str | list[TokenId] | list[str | list[TokenId]]
+# TEI's `truncate` is nullable: null or absent means the server's EMBED_AUTO_TRUNCATE (on by default, as TEI 1.9).
+Truncate = bool | None
 
-    inputs: str | list[str]
-    normalize: bool = True
-    truncate: bool = True
+
+class _TEITruncating(_Strict):
+    truncate: Truncate = None
     truncation_direction: Direction = "Right"
+    prompt_name: str | None = None
+
+    def policy(self, auto_truncate: bool) -> TruncationPolicy:
+        truncate = auto_truncate if self.truncate is None else self.truncate
+        return TruncationPolicy(truncate, self.truncation_direction.lower())  # type: ignore[arg-type]
+
+
+class TEIEmbedRequest(_TEITruncating):
+    """POST /embed (text-embeddings-inference), and POST / and /invocations with a non-object `inputs`."""
+
+    inputs: TEIInput
+    normalize: bool = True
     dimensions: int | None = Field(default=None, ge=1)
 
-    def policy(self) -> TruncationPolicy:
-        return TruncationPolicy(self.truncate, self.truncation_direction.lower())  # type: ignore[arg-type]
 
-
-class TEIEmbedAllRequest(_Strict):
+class TEIEmbedAllRequest(_TEITruncating):
     """POST /embed_all: per-token vectors (not normalised)."""
 
-    inputs: str | list[str]
-    truncate: bool = True
-    truncation_direction: Direction = "Right"
-
-    def policy(self) -> TruncationPolicy:
-        return TruncationPolicy(self.truncate, self.truncation_direction.lower())  # type: ignore[arg-type]
+    inputs: TEIInput
 
 
 class TEITokenizeRequest(_Strict):
@@ -62,6 +68,30 @@ class TEITokenizeRequest(_Strict):
 
     inputs: str | list[str]
     add_special_tokens: bool = True
+    prompt_name: str | None = None
+
+
+class TEIDecodeRequest(_Strict):
+    """POST /decode: token ids back to text; always answers a list of strings, one per id list (as TEI)."""
+
+    ids: list[TokenId] | list[list[TokenId]]
+    skip_special_tokens: bool = True
+
+
+class SimilarityInput(_Strict):
+    source_sentence: str
+    sentences: list[str]
+
+
+class SimilarityParameters(_TEITruncating):
+    """TEI's `parameters` of a similarity request: truncation and prompt, as on /embed."""
+
+
+class TEISimilarityRequest(_Strict):
+    """POST /similarity, and POST / with an object `inputs` (huggingface_hub's `sentence_similarity`)."""
+
+    inputs: SimilarityInput
+    parameters: SimilarityParameters | None = None
 
 
 class AttentionOptions(_Strict):
@@ -79,10 +109,11 @@ class EncodeRequest(_Strict):
     model: str | None = None
     normalize: bool = True
     token_embeddings: bool = False
-    truncate: bool = True
+    truncate: bool | None = None
     truncation_direction: Direction = "right"
     dimensions: int | None = Field(default=None, ge=1)
     attention: AttentionOptions | None = None
 
-    def policy(self) -> TruncationPolicy:
-        return TruncationPolicy(self.truncate, self.truncation_direction.lower())  # type: ignore[arg-type]
+    def policy(self, auto_truncate: bool) -> TruncationPolicy:
+        truncate = auto_truncate if self.truncate is None else self.truncate
+        return TruncationPolicy(truncate, self.truncation_direction.lower())  # type: ignore[arg-type]

@@ -22,14 +22,15 @@ from typing import TYPE_CHECKING
 import orjson
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from service.api.errors import error_body, service_error_response, status_for
+from service.api.errors import family_of, reply_parts, service_error_response
 from service.api.request_ids import request_id
 from service.errors import OverloadError
 
 if TYPE_CHECKING:
     from service.api.deps import Services
 
-INFERENCE_PATHS = frozenset({"/v1/embeddings", "/embed", "/embed_all", "/v1/encode"})
+INFERENCE_PATHS = frozenset({"/v1/embeddings", "/embed", "/embed_all", "/v1/encode", "/", "/invocations",
+                             "/similarity"})
 COUNTED = "embed_door_counted"  # scope["state"] key: the protocol's door let this request in and counts it
 
 
@@ -61,13 +62,13 @@ class Door:
                   default_headers: list[tuple[bytes, bytes]]) -> bytes:
         """The whole HTTP/1.1 response for a refusal at the protocol level, in the one error shape, counted in
         /metrics as the app would count it."""
-        status, err_type = status_for(exc)
-        body = orjson.dumps(error_body(exc.message, err_type, exc.param, exc.code))
+        status, content, headers = reply_parts(exc, family_of(scope["path"]))
+        body = orjson.dumps(content)
         head = [f"HTTP/1.1 {status} {HTTPStatus(status).phrase}".encode("ascii")]
         head += [name + b": " + value for name, value in default_headers]
-        head += [b"content-type: application/json", b"content-length: %d" % len(body),
-                 b"retry-after: %d" % max(1, int(exc.retry_after_s)),
-                 b"x-request-id: " + request_id(scope).encode("ascii")]
+        head += [b"content-type: application/json", b"content-length: %d" % len(body)]
+        head += [name.lower().encode("latin-1") + b": " + value.encode("latin-1") for name, value in headers.items()]
+        head += [b"x-request-id: " + request_id(scope).encode("ascii")]
         if not keep_alive:
             head.append(b"connection: close")
         self.services.metrics.requests.labels(scope["path"], str(status)).inc()
@@ -107,6 +108,6 @@ class LoadShedMiddleware:
             return
         exc = self.door.refusal()
         if exc is not None:
-            await service_error_response(exc)(scope, receive, send)
+            await service_error_response(exc, family_of(scope["path"]))(scope, receive, send)
             return
         await self.door.counted(self.app)(scope, receive, send)

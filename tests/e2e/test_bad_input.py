@@ -1,6 +1,8 @@
 """RELIABILITY.md §Bad input, cases #1–#27, table-driven against ONE real server process.
 
-Every case gets its documented status and code in the one error shape; no error body ever contains the unique
+Every case gets its documented status and code in its route family's error shape (OpenAI's on /v1/*,
+text-embeddings-inference's on TEI routes, where the code becomes TEI's error_type and an empty input is 400);
+no error body ever contains the unique
 marker planted in the input (nothing is echoed) or a traceback; every 200 is strictly valid JSON with finite
 numbers only (NaN/Inf would need non-standard JSON). The last test checks the server is still ready and healthy
 after the whole table. Case numbers are the ids' prefixes (`pytest -k "12-"` runs case #12).
@@ -25,6 +27,7 @@ import numpy as np
 import pytest
 
 from tests.e2e.conftest import MAIN_SERVER_ENV, ServerProcess
+from tests.e2e.test_http_api import TEI_FOR_CODE, TEI_ROUTES
 
 API_KEY = "bad-input-key-" + uuid.uuid4().hex
 AUTH = {"authorization": f"Bearer {API_KEY}"}
@@ -203,7 +206,24 @@ def all_numbers_finite(value: Any) -> bool:
     return True
 
 
-def check_error(r: httpx.Response, status: int, code: str | None) -> dict[str, Any]:
+def check_tei_error(r: httpx.Response, status: int, code: str | None) -> dict[str, Any]:
+    """TEI's shape: {"error": str, "error_type": TEI type}; our code decides the type and, for some, the status."""
+    tei_type, tei_status = TEI_FOR_CODE.get(code or "", ("Validation", None))
+    assert r.status_code == (tei_status or status), r.text[:500]
+    assert r.headers["content-type"].startswith("application/json")
+    assert r.headers.get("x-request-id")
+    assert MARK not in r.text, "an error reply echoed the input"
+    assert "Traceback" not in r.text and 'File "' not in r.text
+    body = strict_json(r.text)
+    assert set(body) == {"error", "error_type"} and isinstance(body["error"], str) and body["error"], body
+    if code is not None:
+        assert body["error_type"] == tei_type, body
+    return body
+
+
+def check_error(r: httpx.Response, status: int, code: str | None, route: str = "/v1/embeddings") -> dict[str, Any]:
+    if route in TEI_ROUTES:
+        return check_tei_error(r, status, code)
     assert r.status_code == status, r.text[:500]
     assert r.headers["content-type"].startswith("application/json")
     assert r.headers.get("x-request-id")
@@ -236,8 +256,8 @@ def test_bad_input_table(http: httpx.Client, case: Case) -> None:
     elapsed = time.monotonic() - t0
     assert elapsed < case.max_seconds, f"took {elapsed:.2f}s"
     if case.status != 200:
-        err = check_error(r, case.status, case.code)
-        if case.param is not None:
+        err = check_error(r, case.status, case.code, case.route)
+        if case.param is not None and case.route not in TEI_ROUTES:
             assert err["param"] == case.param
         if case.status == 405:
             assert r.headers.get("allow")
@@ -307,7 +327,7 @@ def test_06_content_length_over_limit_answered_before_the_body(srv: ServerProces
     head = (b"POST /embed HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
             b"authorization: " + AUTH["authorization"].encode() + b"\r\ncontent-length: 3000000\r\n\r\n")
     reply, sent = _raw_exchange(srv.port, head, [b"a" * 10_000] * 300)
-    assert _reply_status(reply) == 413 and b"payload_too_large" in reply
+    assert _reply_status(reply) == 413 and b'"error_type":"Validation"' in reply  # TEI's shape on /embed
     assert sent < 300, "the server waited for the whole 3 MB body"
 
 
@@ -332,7 +352,7 @@ def _metric(http: httpx.Client, pattern: str) -> float:
 def test_07_too_many_inputs_tokenizes_nothing(http: httpx.Client) -> None:
     key = r'embed_stage_duration_seconds_count\{stage="tokenize"\}'
     before = _metric(http, key)
-    check_error(http.post("/embed", json={"inputs": ["a"] * 10_000}), 413, "too_many_inputs")
+    check_error(http.post("/embed", json={"inputs": ["a"] * 10_000}), 413, "too_many_inputs", "/embed")
     assert _metric(http, key) == before
 
 
@@ -359,7 +379,7 @@ def test_23_gzip_bomb_does_not_grow_memory(srv: ServerProcess, http: httpx.Clien
     before = rss_kb()
     for _ in range(20):
         r = http.post("/embed", content=bomb, headers={**JSON_CT, "content-encoding": "gzip"})
-        check_error(r, 415, "unsupported_content_encoding")
+        check_error(r, 415, "unsupported_content_encoding", "/embed")
     assert rss_kb() - before < 20_000  # kB; inflating even once would add ~10 MB
 
 
@@ -369,7 +389,7 @@ def test_23_gzip_bomb_does_not_grow_memory(srv: ServerProcess, http: httpx.Clien
 def test_26_missing_or_wrong_key_is_401(srv: ServerProcess, headers: dict[str, str]) -> None:
     for route in ROUTES:
         r = httpx.post(f"{srv.base_url}{route}", json={ROUTES[route]: MARK}, headers=headers)
-        check_error(r, 401, "invalid_api_key")
+        check_error(r, 401, "invalid_api_key", route)
         assert r.headers["www-authenticate"] == "Bearer"
         assert API_KEY not in r.text
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from bench.fuzz import run_schemathesis
+from bench.fuzz import TEI_PATH_REGEX, run_schemathesis
 from tests.e2e.conftest import ServerProcess
 
 pytest.importorskip("schemathesis", reason="schemathesis not installed: .venv/bin/pip install schemathesis==4.32.5")
@@ -19,5 +19,17 @@ def test_schemathesis_finds_no_server_error_or_contract_violation(server: Server
     result = run_schemathesis(server.base_url, max_examples=25, seed=1, workers=2, timeout_s=120)
     assert result["returncode"] == 0, result["summary"]
     assert result["generated"] >= 300, result["summary"]  # the run really exercised the API
+    assert result["failures"] == 0
+    assert server.proc.poll() is None and "Traceback" not in server.log()
+
+
+@pytest.mark.slow
+def test_schemathesis_on_tei_routes_finds_no_server_error_or_contract_violation(server: ServerProcess) -> None:
+    """text-embeddings-inference's routes alone, with more examples each: their own (TEI) error shape is declared
+    in /openapi.json, so every reply is checked against it."""
+    result = run_schemathesis(server.base_url, max_examples=50, seed=2, workers=2, timeout_s=120,
+                              path_regex=TEI_PATH_REGEX)
+    assert result["returncode"] == 0, result["summary"]
+    assert result["generated"] >= 300, result["summary"]
     assert result["failures"] == 0
     assert server.proc.poll() is None and "Traceback" not in server.log()

@@ -18,8 +18,36 @@ from tests.e2e.conftest import ServerProcess
 JSON = {"content-type": "application/json"}
 
 
+# text-embeddings-inference's routes answer errors in TEI's shape: our code -> (TEI error_type, TEI's status where
+# it differs from ours); every other code is Validation with our status.
+TEI_ROUTES = frozenset({"/", "/invocations", "/embed", "/embed_all", "/tokenize", "/decode", "/similarity"})
+TEI_FOR_CODE: dict[str, tuple[str, int | None]] = {
+    "empty_input": ("Empty", 400), "invalid_text": ("Tokenizer", None), "queue_full": ("Overloaded", None),
+    "queue_timeout": ("Unhealthy", None), "unavailable": ("Unhealthy", None), "inference_error": ("Backend", 424),
+}
+
+
+def assert_tei_error(response: httpx.Response, status: int, code: str | None = None) -> dict[str, Any]:
+    """TEI's shape {"error", "error_type"}: the type (and for some, the status) follow from our `code`."""
+    tei_type, tei_status = TEI_FOR_CODE.get(code or "", ("Validation", None))
+    assert response.status_code == (tei_status or status), response.text
+    assert response.headers["content-type"].startswith("application/json")
+    assert response.headers.get("x-request-id")
+    body = response.json()
+    assert set(body) == {"error", "error_type"} and isinstance(body["error"], str) and body["error"], body
+    assert "Traceback" not in response.text
+    if response.status_code in (429, 503):
+        assert int(response.headers["retry-after"]) >= 1
+    if code is not None:
+        assert body["error_type"] == tei_type, body
+    return {"message": body["error"], "error_type": body["error_type"]}
+
+
 def assert_error(response: httpx.Response, status: int, code: str | None = None) -> dict[str, Any]:
-    """The one error shape, with X-Request-ID (and Retry-After on 429/503)."""
+    """The route family's error shape, with X-Request-ID (and Retry-After on 429/503). Returns the error object
+    (OpenAI's) or {"message", "error_type"} (TEI's)."""
+    if response.request.url.path in TEI_ROUTES:
+        return assert_tei_error(response, status, code)
     assert response.status_code == status, response.text
     assert response.headers["content-type"].startswith("application/json")
     assert response.headers.get("x-request-id")
@@ -213,7 +241,8 @@ def test_truncation_is_flagged_or_refused(client: httpx.Client) -> None:
                         ("/v1/embeddings", {"input": ["ok", long], "truncate": False}),
                         ("/v1/encode", {"input": ["ok", long], "truncate": False})):
         err = assert_error(client.post(route, json=body), 422, "input_too_long")
-        assert err["param"].endswith("[1]") and f"{max_len + 22} tokens" in err["message"]
+        assert err["message"].startswith("input[1]") and f"{max_len + 22} tokens" in err["message"]
+        assert err.get("param", "[1]").endswith("[1]")  # OpenAI's shape also has `param`
 
 
 # --- batching -------------------------------------------------------------------------------------------------
@@ -257,7 +286,7 @@ def test_batched_equals_alone_under_concurrency(client: httpx.Client, server: Se
         ({"inputs": ["\u200b\u200b"]}, "input[0]"),
         ({"inputs": [["a", "b"]]}, "inputs[0]"),
         ({"inputs": {"a": 1}}, "inputs"),
-        ({"inputs": [1, 2.5]}, "inputs[0]"),
+        ({"inputs": [1, 2.5]}, "inputs[1]"),  # a list of token ids, whose second is no integer
         ({"inputs": 42}, "inputs"),
         ({"inputs": True}, "inputs"),
         ({"inputs": None}, "inputs"),
@@ -269,9 +298,11 @@ def test_batched_equals_alone_under_concurrency(client: httpx.Client, server: Se
         ({"inputs": "a", "truncation_direction": "up"}, "truncation_direction"),
     ],
 )
-def test_invalid_bodies_are_422_with_param(client: httpx.Client, body: Any, param: str) -> None:
-    err = assert_error(client.post("/embed", json=body), 422)
-    assert err["param"] == param
+def test_invalid_bodies_are_4xx_naming_the_field(client: httpx.Client, body: Any, param: str) -> None:
+    """TEI's shape has no `param`: the message names the field. Empty inputs are TEI's Empty (400)."""
+    empty = not param.startswith("inputs") and param.startswith("input")  # found after parsing, by the engine
+    err = assert_error(client.post("/embed", json=body), 422, "empty_input" if empty else "validation_error")
+    assert err["message"].startswith(param), err
 
 
 def test_null_body_and_lone_surrogates(client: httpx.Client) -> None:
@@ -279,7 +310,7 @@ def test_null_body_and_lone_surrogates(client: httpx.Client) -> None:
     for escaped in (b'"\\ud800"', b'"a\\udc80b"'):
         r = client.post("/embed", content=b'{"inputs": [' + escaped + b"]}", headers=JSON)
         err = assert_error(r, 422, "invalid_text")
-        assert "\\ud800" not in r.text and "\\udc80" not in r.text and err["param"] == "input[0]"
+        assert "\\ud800" not in r.text and "\\udc80" not in r.text and err["message"].startswith("input[0]")
 
 
 @pytest.mark.parametrize(
@@ -321,7 +352,7 @@ def test_413_body_and_counts(client: httpx.Client, server: ServerProcess) -> Non
     assert_error(client.post("/embed", json={"inputs": ["a"] * 65}), 413, "too_many_inputs")
     # Over the char cap with truncation off: 422 naming the input.
     err = assert_error(client.post("/embed", json={"inputs": ["a " * 3000], "truncate": False}), 422)
-    assert err["param"] == "input[0]" and "characters" in err["message"]
+    assert err["message"].startswith("input[0]") and "characters" in err["message"]
     assert client.get("/health").status_code == 200  # the server is fine afterwards
 
 

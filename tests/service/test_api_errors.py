@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from service.api.errors import (
     AuthenticationError,
     InvalidJSONError,
     UnsupportedMediaTypeError,
+    family_of,
     param_from_loc,
     service_error_response,
     status_for,
@@ -48,6 +51,49 @@ from service.errors import (
 )
 def test_error_table(exc: ServiceError, status: int) -> None:
     assert status_for(exc)[0] == status
+
+
+@pytest.mark.parametrize(
+    ("exc", "status", "tei_type"),
+    [
+        (InvalidJSONError("x"), 400, "Validation"),
+        (AuthenticationError("x"), 401, "Validation"),
+        (PayloadTooLargeError("x"), 413, "Validation"),
+        (UnsupportedMediaTypeError("x"), 415, "Validation"),
+        (InvalidRequestError("x"), 422, "Validation"),
+        (InvalidRequestError("x", code="empty_input"), 400, "Empty"),
+        (InvalidRequestError("x", code="invalid_text"), 422, "Tokenizer"),
+        (AttentionBudgetError("x"), 422, "Validation"),
+        (QueueFullError("x"), 429, "Overloaded"),
+        (QueueTimeoutError("x"), 503, "Unhealthy"),
+        (UnavailableError("x"), 503, "Unhealthy"),
+        (InferenceError(), 424, "Backend"),
+        (ServiceError("x"), 500, "Backend"),
+    ],
+)
+def test_tei_family_gets_tei_types_and_statuses(exc: ServiceError, status: int, tei_type: str) -> None:
+    response = service_error_response(exc, "tei")
+    assert response.status_code == status
+    assert json.loads(response.body) == {"error": json.loads(response.body)["error"], "error_type": tei_type}
+    if status in (429, 503):
+        assert int(response.headers["retry-after"]) >= 1
+
+
+@pytest.mark.parametrize(("path", "family"), [("/embed", "tei"), ("/", "tei"), ("/invocations", "tei"),
+                                              ("/decode", "tei"), ("/v1/embeddings", "openai"),
+                                              ("/v1/encode", "openai"), ("/health", "openai"), ("/nope", "openai")])
+def test_family_is_chosen_by_path(path: str, family: str) -> None:
+    assert family_of(path) == family
+
+
+def test_validation_error_names_the_union_branch_that_got_furthest() -> None:
+    """["a", None] against str | list[int] | list[str | list[int]]: the bad element is [1], not [0]."""
+    errors = [{"loc": ("inputs", "str"), "type": "string_type", "msg": "m"},
+              {"loc": ("inputs", "list[int]", 0), "type": "int_type", "msg": "m"},
+              {"loc": ("inputs", "list[int]", 1), "type": "int_type", "msg": "m"},
+              {"loc": ("inputs", "list[union]", 1, "str"), "type": "string_type", "msg": "m"},
+              {"loc": ("inputs", "list[union]", 1, "list[int]"), "type": "list_type", "msg": "m"}]
+    assert validation_error_from(errors).param == "inputs[1]"
 
 
 def test_overload_replies_carry_retry_after() -> None:

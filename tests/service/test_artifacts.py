@@ -71,3 +71,29 @@ def test_unsupported_format_version(tmp_path: Path) -> None:
     (tmp_path / "manifest.json").write_text(json.dumps(raw))
     with pytest.raises(ArtifactError, match="format_version"):
         load_manifest(tmp_path)
+
+
+def _rewrite_manifest(directory: Path, **changes: object) -> None:
+    path = directory / "manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest.update(changes)
+    path.write_text(json.dumps(manifest))
+
+
+def test_prompts_are_read_and_an_old_manifest_has_none(tmp_path: Path) -> None:
+    plain = load_manifest(_write_artifact(tmp_path))
+    assert plain.prompts == {} and plain.default_prompt_name is None
+    _rewrite_manifest(tmp_path, prompts={"query": "query: "}, default_prompt_name="query")
+    m = load_manifest(tmp_path)
+    assert m.prompts == {"query": "query: "} and m.default_prompt_name == "query"
+
+
+@pytest.mark.parametrize(("prompts", "default", "needle"), [
+    ({"query": 3}, None, "must map names to strings"),
+    (["query: "], None, "must map names to strings"),
+    ({"query": "query: "}, "passage", "'passage'"),
+])
+def test_bad_prompts_are_refused(tmp_path: Path, prompts: object, default: str | None, needle: str) -> None:
+    _rewrite_manifest(_write_artifact(tmp_path), prompts=prompts, default_prompt_name=default)
+    with pytest.raises(ArtifactError, match=needle):
+        load_manifest(tmp_path)

@@ -92,3 +92,32 @@ def test_tokenize_mode_ignores_window_and_allows_empty(tok: TextTokenizer) -> No
     enc, empty = tok.encode_batch([long, "  "], TruncationPolicy(False), enforce_window=False, allow_empty=True)
     assert enc.token_count == 32 and not enc.truncated
     assert [t.text for t in empty.tokens] == ["[CLS]", "[SEP]"]
+
+
+def test_prefix_is_prepended_before_limits_and_offsets(tok: TextTokenizer) -> None:
+    (plain,) = tok.encode_batch(["hi"], TruncationPolicy())
+    (prompted,) = tok.encode_batch(["hi"], TruncationPolicy(), prefix="query: ")
+    assert prompted.token_count == plain.token_count + 2  # "query", ":"
+    assert [t.text for t in prompted.tokens if not t.special] == ["query", ":", "hi"]
+    assert prompted.tokens[-2].start == len("query: ")
+
+
+def test_positions_name_the_input_in_the_whole_request(tok: TextTokenizer) -> None:
+    with pytest.raises(InvalidRequestError) as err:
+        tok.encode_batch(["fine", "   "], TruncationPolicy(), positions=[3, 7])
+    assert err.value.param == "input[7]" and err.value.code == "empty_input"
+    with pytest.raises(InvalidRequestError) as err:
+        tok.encode_ids([[101, 102], [10**9]], TruncationPolicy(), positions=[0, 5])
+    assert err.value.param == "input[5]"
+
+
+def test_decode_round_trips_and_checks_ids(tok: TextTokenizer) -> None:
+    (enc,) = tok.encode_batch(["hello world"], TruncationPolicy())
+    ids = enc.ids.tolist()
+    assert tok.decode_batch([ids], skip_special_tokens=True) == ["hello world"]
+    assert tok.decode_batch([ids], skip_special_tokens=False) == ["[CLS] hello world [SEP]"]
+    with pytest.raises(InvalidRequestError, match="outside"):
+        tok.decode_batch([ids, [tok.vocab_size]], skip_special_tokens=True)
+    with pytest.raises(InvalidRequestError) as err:
+        tok.decode_batch([[]], skip_special_tokens=True)
+    assert err.value.code == "empty_input"
