@@ -8,6 +8,7 @@ The reference for every vector is our own /v1/embeddings on the same server; the
 from __future__ import annotations
 
 import json
+import re
 import socket
 import time
 import uuid
@@ -230,6 +231,11 @@ ERROR_ENV = {
 }
 
 
+def queue_depth(srv: ServerProcess) -> float:
+    match = re.search(r"^embed_queue_depth (\S+)$", httpx.get(f"{srv.base_url}/metrics").text, re.MULTILINE)
+    return float(match.group(1)) if match else 0.0
+
+
 @pytest.fixture(scope="module")
 def strict(start_server: Callable[..., ServerProcess]) -> ServerProcess:
     return start_server(**ERROR_ENV)
@@ -318,7 +324,9 @@ def test_zz_429_overloaded_and_503_unhealthy(strict: ServerProcess, sc: httpx.Cl
         hung = pool.submit(sc.post, "/embed", json={"inputs": f"stall {FAULT_MARKERS['hang']}"})
         time.sleep(0.5)
         waiting = pool.submit(sc.post, "/embed", json={"inputs": ["one", "two", "three"]})
-        time.sleep(0.3)
+        deadline = time.monotonic() + 1.0  # the waiter's 3 inputs fill the 4-slot queue; its deadline is 1.5 s
+        while queue_depth(strict) < 4 and time.monotonic() < deadline:
+            time.sleep(0.02)
         tei_error(sc.post("/embed", json={"inputs": "refused"}), 429, "Overloaded")
         tei_error(sc.post("/", json={"inputs": "refused"}), 429, "Overloaded")
         tei_error(waiting.result(timeout=10), 503, "Unhealthy")
