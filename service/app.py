@@ -169,8 +169,8 @@ def _describe_bodies(app: FastAPI) -> None:
             services: Services = app.state.services
             m, s = services.manifest, services.settings
             limits = None
-            if m is not None:
-                vocab = int(m.raw.get("config", {}).get("vocab_size") or 30522)
+            if m is not None and services.engine is not None:
+                vocab = services.engine.tokenizer.vocab_size  # the manifest's, else the tokenizer's own
                 limits = ServedLimits(m.embedding_dim, m.num_layers, m.num_heads, s.max_inputs_per_request, vocab)
             schema = describe(base(), limits)  # base() caches FastAPI's document in app.openapi_schema
             app.openapi_schema = schema if limits is not None else None  # no model yet: rebuild with limits later

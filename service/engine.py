@@ -214,12 +214,12 @@ class Engine:
         return cast(list[Encoded], out)
 
     async def probe(self, timeout_s: float) -> bool:
-        """One [CLS] [SEP] forward pass through the batcher (TEI's health re-probe); True when it computed.
+        """One tiny forward pass through the batcher (TEI's health re-probe); True when it computed.
 
-        A success also resets the batcher's failed-batch streak, which is what lets /ready turn 200 again.
+        The input is one word with the model's own special tokens (from its tokenizer, so no family's ids are
+        written here). A success also resets the batcher's failed-batch streak, which lets /ready turn 200 again.
         """
-        special = self.manifest.raw.get("special_tokens", {})
-        ids = np.asarray([special.get("cls", 101), special.get("sep", 102)], dtype=np.int64)
+        ids = self.tokenizer.encode_batch(["ok"], TruncationPolicy())[0].ids
         try:
             with self.batcher.try_admit(1) as admission:
                 async with asyncio.timeout(timeout_s):

@@ -272,8 +272,12 @@ class OnnxRunner:
         logger.info("warm-up done: %d rows × %d tokens on %s", rows, self.manifest.max_seq_length, self.variant)
 
     def _warm(self, graph: str, rows: int) -> None:
-        filler = np.full(self.manifest.max_seq_length, 1000, dtype=np.int64)
-        filler[0] = self.manifest.raw.get("special_tokens", {}).get("cls", 101)
+        special = self.manifest.raw.get("special_tokens", {})
+        # Any in-vocabulary id will do (shapes and finiteness are what is checked): the model's own unknown or
+        # padding token, led by its [CLS]/<s> where it has one.
+        filler = np.full(self.manifest.max_seq_length, special.get("unk", self.manifest.pad_token_id), dtype=np.int64)
+        if "cls" in special:
+            filler[0] = special["cls"]
         out = self.execute(self.prepare(graph, [filler] * rows))
         if not np.isfinite(out[0].embedding).all():
             raise ProviderError(f"warm-up of graph {graph!r} produced non-finite values")

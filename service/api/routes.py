@@ -24,6 +24,7 @@ from service.api.jsonio import JSONBody, read_json
 from service.api.schemas import (
     EncodeRequest,
     OpenAIEmbeddingsRequest,
+    SimilarityParameters,
     TEIDecodeRequest,
     TEIEmbedAllRequest,
     TEIEmbedRequest,
@@ -33,7 +34,7 @@ from service.api.schemas import (
 from service.engine import TOKENIZE_WORKERS, AttentionSpec, EncodeOptions, EncodeResult, Input
 from service.errors import ModelNotFoundError, UnavailableError
 from service.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from service.tokenizer import Encoded, TruncationPolicy
+from service.tokenizer import Encoded
 
 logger = logging.getLogger(__name__)
 
@@ -144,9 +145,8 @@ def as_inputs(value: str | list[Any]) -> list[Input]:
 async def openai_embeddings(request: Request, services: ServicesDep, engine: EngineDep) -> Response:
     body = await parse(request, services, OpenAIEmbeddingsRequest)
     check_model(services, body.model)
-    truncate = services.settings.auto_truncate if body.truncate is None else body.truncate
     options = EncodeOptions(
-        policy=TruncationPolicy(truncate=truncate),
+        policy=body.policy(services.settings.auto_truncate),
         normalize=engine.manifest.normalize,
         dimensions=body.dimensions,
     )
@@ -204,12 +204,8 @@ async def tei_similarity(request: Request, services: ServicesDep, engine: Engine
 
 async def _similarity(request: Request, services: ServicesDep, engine: EngineDep,
                       body: TEISimilarityRequest) -> Response:
-    params = body.parameters
-    options = EncodeOptions(
-        policy=params.policy(services.settings.auto_truncate) if params else TruncationPolicy(
-            truncate=services.settings.auto_truncate),
-        prompt_name=params.prompt_name if params else None,
-    )
+    params = body.parameters or SimilarityParameters()
+    options = EncodeOptions(policy=params.policy(services.settings.auto_truncate), prompt_name=params.prompt_name)
     work = engine.similarity(body.inputs.source_sentence, body.inputs.sentences, options)
     scores, result = await until_disconnect(request, work)
     return JSONBody(scores, headers=timing_headers(result))

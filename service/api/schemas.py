@@ -22,6 +22,11 @@ class _Strict(BaseModel):
     model_config = ConfigDict(strict=True, extra="forbid")
 
 
+def truncation_policy(truncate: bool | None, direction: str, auto_truncate: bool) -> TruncationPolicy:
+    """A request's `truncate` wins; null or absent falls back to the server's EMBED_AUTO_TRUNCATE."""
+    return TruncationPolicy(auto_truncate if truncate is None else truncate, direction.lower())  # type: ignore[arg-type]
+
+
 class OpenAIEmbeddingsRequest(_Strict):
     """POST /v1/embeddings. `truncate` is our extension (default true; the OpenAI SDK passes it via extra_body)."""
 
@@ -31,6 +36,9 @@ class OpenAIEmbeddingsRequest(_Strict):
     dimensions: int | None = Field(default=None, ge=1)
     user: str | None = None
     truncate: bool | None = None  # null or absent: EMBED_AUTO_TRUNCATE
+
+    def policy(self, auto_truncate: bool) -> TruncationPolicy:
+        return truncation_policy(self.truncate, "right", auto_truncate)
 
 
 # TEI's `Input`: one text, one list of token ids, or a batch of either (mixed is allowed, as in TEI).
@@ -45,8 +53,7 @@ class _TEITruncating(_Strict):
     prompt_name: str | None = None
 
     def policy(self, auto_truncate: bool) -> TruncationPolicy:
-        truncate = auto_truncate if self.truncate is None else self.truncate
-        return TruncationPolicy(truncate, self.truncation_direction.lower())  # type: ignore[arg-type]
+        return truncation_policy(self.truncate, self.truncation_direction, auto_truncate)
 
 
 class TEIEmbedRequest(_TEITruncating):
@@ -115,5 +122,4 @@ class EncodeRequest(_Strict):
     attention: AttentionOptions | None = None
 
     def policy(self, auto_truncate: bool) -> TruncationPolicy:
-        truncate = auto_truncate if self.truncate is None else self.truncate
-        return TruncationPolicy(truncate, self.truncation_direction.lower())  # type: ignore[arg-type]
+        return truncation_policy(self.truncate, self.truncation_direction, auto_truncate)
