@@ -14,6 +14,7 @@ import openai
 import pytest
 
 from tests.e2e.conftest import ServerProcess
+from tests.tei_openapi import tei_errors
 
 JSON = {"content-type": "application/json"}
 
@@ -35,6 +36,7 @@ def assert_tei_error(response: httpx.Response, status: int, code: str | None = N
     assert response.headers.get("x-request-id")
     body = response.json()
     assert set(body) == {"error", "error_type"} and isinstance(body["error"], str) and body["error"], body
+    assert tei_errors("ErrorResponse", body) == [], body  # as TEI 1.9.3's OpenAPI document declares it
     assert "Traceback" not in response.text
     if response.status_code in (429, 503):
         assert int(response.headers["retry-after"]) >= 1
