@@ -132,12 +132,14 @@ class TextTokenizer:
             capped.append(text)
 
         raw = self._tok.encode_batch(capped, add_special_tokens=False)
+        # A prompt's own tokens are not content: "query: " + "   " is as empty as "   " (decided once per call).
+        prefix_tokens = len(self._tok.encode(prefix, add_special_tokens=False).ids) if prefix else 0
         out: list[Encoded] = []
         budget = self.content_budget
         for j, (text, enc) in enumerate(zip(capped, raw, strict=True)):
             i = positions[j] if positions is not None else j
             n_content = len(enc.ids)
-            if n_content == 0 and not allow_empty:
+            if n_content <= prefix_tokens and not allow_empty:
                 raise InvalidRequestError(
                     f"input[{i}] must contain non-whitespace text (it has no tokens after normalisation)",
                     param=f"input[{i}]",

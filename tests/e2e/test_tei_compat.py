@@ -253,6 +253,7 @@ def test_400_bad_json_and_empty(sc: httpx.Client, route: str) -> None:
 
 def test_400_whitespace_only_is_empty(sc: httpx.Client) -> None:
     tei_error(sc.post("/embed", json={"inputs": ["fine", " \t\u3000"]}), 400, "Empty")
+    tei_error(sc.post("/embed", json={"inputs": ["fine", "  "], "prompt_name": "query"}), 400, "Empty")
 
 
 def test_401_without_the_key(strict: ServerProcess) -> None:

@@ -102,6 +102,13 @@ def test_prefix_is_prepended_before_limits_and_offsets(tok: TextTokenizer) -> No
     assert prompted.tokens[-2].start == len("query: ")
 
 
+@pytest.mark.parametrize("text", ["", "   ", "\u200b\u200b"])
+def test_a_prompt_does_not_make_an_empty_text_content(tok: TextTokenizer, text: str) -> None:
+    with pytest.raises(InvalidRequestError) as err:
+        tok.encode_batch(["fine", text], TruncationPolicy(), prefix="query: ")
+    assert err.value.param == "input[1]" and err.value.code == "empty_input"
+
+
 def test_positions_name_the_input_in_the_whole_request(tok: TextTokenizer) -> None:
     with pytest.raises(InvalidRequestError) as err:
         tok.encode_batch(["fine", "   "], TruncationPolicy(), positions=[3, 7])
