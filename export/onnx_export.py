@@ -1,8 +1,15 @@
-"""torch -> ONNX with dynamic batch and sequence axes, via a dummy batch that is unlike any real shape."""
+"""torch -> ONNX with dynamic batch and sequence axes, via a dummy batch that is unlike any real shape.
+
+The graph's inputs follow the model: input_ids and attention_mask always, token_type_ids only for a model with
+several segments, prompt_length only for pooling that leaves the prompt out. RoBERTa position ids and rotary
+angles are computed inside the graph, so no model needs a position_ids input.
+"""
 
 from __future__ import annotations
 
 import logging
+import shutil
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -14,67 +21,98 @@ from model import Encoder
 log = logging.getLogger(__name__)
 
 OPSET = 17
-INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
-DYNAMIC = {"batch_size": 0, "sequence_length": 1}
+# Above this an ONNX protobuf cannot hold the weights (2 GB limit): they go to one external data file.
+EXTERNAL_DATA_THRESHOLD = 1_800_000_000
 
 
-class _EmbeddingGraph(nn.Module):
-    """The fast graph: hidden states and pooled vector only, so the optimizer can fuse attention."""
+def input_names(encoder: Encoder) -> tuple[str, ...]:
+    names = ["input_ids", "attention_mask"]
+    if encoder.config.uses_token_types:
+        names.append("token_type_ids")
+    if not encoder.pooling_config.include_prompt:
+        names.append("prompt_length")
+    return tuple(names)
 
-    def __init__(self, encoder: Encoder) -> None:
+
+class _Graph(nn.Module):
+    """Named inputs in, the encoder's outputs out; `with_attentions` also returns every layer's probabilities
+    (the exact graph), without them the optimizer can fuse attention (the fast graph)."""
+
+    def __init__(self, encoder: Encoder, names: tuple[str, ...], with_attentions: bool) -> None:
         super().__init__()
         self.encoder = encoder
+        self.names = names
+        self.with_attentions = with_attentions
 
-    def forward(self, input_ids: Tensor, attention_mask: Tensor, token_type_ids: Tensor) -> tuple[Tensor, Tensor]:
-        out = self.encoder(input_ids, attention_mask, token_type_ids)
+    def forward(self, *inputs: Tensor) -> tuple[Tensor, ...]:
+        feeds = dict(zip(self.names, inputs, strict=True))
+        out = self.encoder(feeds["input_ids"], feeds["attention_mask"], feeds.get("token_type_ids"),
+                           feeds.get("prompt_length"))
+        if self.with_attentions:
+            return out.last_hidden_state, out.sentence_embedding, out.attentions
         return out.last_hidden_state, out.sentence_embedding
 
 
-class _AttentionGraph(nn.Module):
-    """The exact graph: also the attention probabilities of every layer and head."""
-
-    def __init__(self, encoder: Encoder) -> None:
-        super().__init__()
-        self.encoder = encoder
-
-    def forward(
-        self, input_ids: Tensor, attention_mask: Tensor, token_type_ids: Tensor
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        out = self.encoder(input_ids, attention_mask, token_type_ids)
-        return out.last_hidden_state, out.sentence_embedding, out.attentions
-
-
-def dummy_inputs(vocab_size: int) -> tuple[Tensor, Tensor, Tensor]:
+def dummy_inputs(encoder: Encoder, names: tuple[str, ...]) -> tuple[Tensor, ...]:
     """Batch 3 x 11 with one padded row: no axis of size 1, so the tracer cannot bake a shape in."""
+    vocab_size = encoder.config.vocab_size
     generator = torch.Generator().manual_seed(0)
-    input_ids = torch.randint(1000 % vocab_size, vocab_size, (3, 11), generator=generator)
-    attention_mask = torch.ones(3, 11, dtype=torch.int64)
-    attention_mask[1, 7:] = 0
-    return input_ids, attention_mask, torch.zeros(3, 11, dtype=torch.int64)
+    values = {
+        "input_ids": torch.randint(1000 % vocab_size, vocab_size, (3, 11), generator=generator),
+        "attention_mask": torch.ones(3, 11, dtype=torch.int64),
+        "token_type_ids": torch.zeros(3, 11, dtype=torch.int64),
+        "prompt_length": torch.tensor([2, 0, 3], dtype=torch.int64),
+    }
+    values["attention_mask"][1, 7:] = 0
+    return tuple(values[name] for name in names)
 
 
-def export_graph(encoder: Encoder, path: Path, *, with_attentions: bool) -> None:
+def export_graph(encoder: Encoder, path: Path, *, with_attentions: bool,
+                 external_data_threshold: int = EXTERNAL_DATA_THRESHOLD) -> None:
     """Write one ONNX graph. The TorchScript exporter is used because its output is what onnxruntime's
     transformer optimizer recognises for attention fusion, and it is deterministic byte for byte."""
-    module = _AttentionGraph(encoder) if with_attentions else _EmbeddingGraph(encoder)
+    names = input_names(encoder)
+    module = _Graph(encoder, names, with_attentions)
     outputs = ["last_hidden_state", "sentence_embedding"] + (["attentions"] if with_attentions else [])
-    axes: dict[str, dict[int, str]] = {name: {0: "batch_size", 1: "sequence_length"} for name in INPUT_NAMES}
+    axes: dict[str, dict[int, str]] = {name: {0: "batch_size", 1: "sequence_length"} for name in names}
+    if "prompt_length" in axes:
+        axes["prompt_length"] = {0: "batch_size"}
     axes["last_hidden_state"] = {0: "batch_size", 1: "sequence_length"}
     axes["sentence_embedding"] = {0: "batch_size"}
     if with_attentions:
         axes["attentions"] = {1: "batch_size", 3: "sequence_length", 4: "sequence_length"}
     module.eval()
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            module,
-            dummy_inputs(encoder.config.vocab_size),
-            str(path),
-            input_names=list(INPUT_NAMES),
-            output_names=outputs,
-            dynamic_axes=axes,
-            opset_version=OPSET,
-            do_constant_folding=True,
-            dynamo=False,
-        )
+    # The exporter writes one file per tensor beside a graph over 2 GB: let it do so in a directory of its own.
+    with tempfile.TemporaryDirectory(dir=path.parent, prefix=".export.") as scratch:
+        raw = Path(scratch) / path.name
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                module,
+                dummy_inputs(encoder, names),
+                str(raw),
+                input_names=list(names),
+                output_names=outputs,
+                dynamic_axes=axes,
+                opset_version=OPSET,
+                do_constant_folding=True,
+                dynamo=False,
+            )
+        split = len(list(Path(scratch).iterdir())) > 1
+        if split or raw.stat().st_size > external_data_threshold:
+            save_with_external_data(raw, path)
+        else:
+            shutil.move(raw, path)
     log.info("exported %s", path.name)
+
+
+def save_with_external_data(source: Path, target: Path) -> None:
+    """Save `source` as `target` with its weights in one `<target>.data` file beside it, which onnxruntime
+    loads from the same directory (a protobuf cannot exceed 2 GB)."""
+    import onnx
+
+    model = onnx.load(str(source), load_external_data=True)
+    location = f"{target.name}.data"
+    onnx.save_model(model, str(target), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location=location, size_threshold=1024)
+    log.info("%s: weights stored as external data in %s", target.name, location)

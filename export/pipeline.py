@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 from tokenizers import Tokenizer
 
-from export import onnx_export, optimize
+from export import onnx_export, optimize, tokenizer_info
 from export.manifest import (
     FORMAT_VERSION,
     io_spec,
@@ -25,15 +25,17 @@ from export.manifest import (
 )
 from export.validate import Batch, ValidationError, make_batches, validate
 from export.validation_corpus import SENTENCES
-from model import CheckpointError, LoadedCheckpoint, load_checkpoint
+from model import CheckpointError, EncoderConfig, LoadedCheckpoint, load_checkpoint
 
 log = logging.getLogger(__name__)
 
-_SOURCE_FILES = ("config.json", "tokenizer.json", "modules.json", "sentence_bert_config.json",
-                 "config_sentence_transformers.json", "1_Pooling/config.json", "model.safetensors",
-                 "pytorch_model.bin")
+_SOURCE_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                 "modules.json", "sentence_bert_config.json", "config_sentence_transformers.json",
+                 "1_Pooling/config.json", "model.safetensors", "pytorch_model.bin")
+_SOURCE_GLOBS = ("*_Dense/config.json", "*_Dense/model.safetensors", "*_Dense/pytorch_model.bin")
 _ST_CONFIG = "config_sentence_transformers.json"
-_CODE_DIRS = (Path(__file__).parent, Path(__file__).parent.parent / "model")
+_CODE_DIRS = (Path(__file__).parent, Path(__file__).parent.parent / "model",
+              Path(__file__).parent.parent / "model" / "families")
 # "fp32" is the exported graph as it is (onnxruntime applies its own optimizations when a session loads it);
 # "fp32-fused" has onnxruntime's transformer optimizer fusions baked in, and int8 and fp16 are made from it.
 GRAPH_FILES = {"fp32": "model.onnx", "fp32-fused": "model_fused.onnx", "attention": "model_attention.onnx",
@@ -48,6 +50,7 @@ class ExportOptions:
     force: bool = False
     variants: bool = True  # int8 and fp16 too
     int8_min_cosine: float = 0.99
+    external_data_threshold: int = onnx_export.EXTERNAL_DATA_THRESHOLD  # lowered in tests
 
 
 def inputs_fingerprint(options: ExportOptions) -> str:
@@ -57,13 +60,17 @@ def inputs_fingerprint(options: ExportOptions) -> str:
         path = options.model_dir / rel
         if path.is_file():
             digest.update(f"{rel}:{sha256_file(path)}\n".encode())
+    for pattern in _SOURCE_GLOBS:
+        for path in sorted(options.model_dir.glob(pattern)):
+            digest.update(f"{path.relative_to(options.model_dir)}:{sha256_file(path)}\n".encode())
     for code_dir in _CODE_DIRS:
         for path in sorted(code_dir.glob("*.py")):
             digest.update(f"{path.name}:{sha256_file(path)}\n".encode())
     versions = library_versions()
     versions.pop("python", None)
     digest.update(repr(sorted(versions.items())).encode())
-    digest.update(f"{options.model_name}|{options.variants}|{options.int8_min_cosine}".encode())
+    digest.update(f"{options.model_name}|{options.variants}|{options.int8_min_cosine}|"
+                  f"{options.external_data_threshold}".encode())
     return digest.hexdigest()
 
 
@@ -96,23 +103,17 @@ def read_prompts(model_dir: Path) -> tuple[dict[str, str], str | None]:
     return prompts, default
 
 
-def _special_tokens(tokenizer: Tokenizer) -> dict[str, int]:
-    names = {"cls": "[CLS]", "sep": "[SEP]", "pad": "[PAD]", "unk": "[UNK]", "mask": "[MASK]"}
-    found = {key: tokenizer.token_to_id(tok) for key, tok in names.items()}
-    return {key: value for key, value in found.items() if value is not None}
-
-
-def _latency_batch(vocab_size: int) -> Batch:
+def _latency_batch(vocab_size: int, names: tuple[str, ...]) -> Batch:
     """8 rows x 64 tokens: a mid-size batch typical of served traffic, the same for every graph."""
     rng = np.random.default_rng(0)
     ids = rng.integers(1000 % vocab_size, vocab_size, size=(8, 64), dtype=np.int64)
-    return Batch(ids, np.ones_like(ids), np.zeros_like(ids))
+    return Batch(ids, np.ones_like(ids), names)
 
 
-def _graph_entry(name: str, hidden: int, report_parity: dict[str, Any], latency: dict[str, float],
-                 out_dir: Path) -> dict[str, Any]:
+def _graph_entry(name: str, hidden: int, embedding_dim: int, report_parity: dict[str, Any],
+                 latency: dict[str, float], out_dir: Path) -> dict[str, Any]:
     outputs = [io_spec("last_hidden_state", "float32", ["batch_size", "sequence_length", hidden]),
-               io_spec("sentence_embedding", "float32", ["batch_size", hidden])]
+               io_spec("sentence_embedding", "float32", ["batch_size", embedding_dim])]
     if name == "attention":
         outputs.append(io_spec("attentions", "float32",
                                ["num_layers", "batch_size", "num_heads", "sequence_length", "sequence_length"]))
@@ -123,13 +124,21 @@ def _graph_entry(name: str, hidden: int, report_parity: dict[str, Any], latency:
         "outputs": outputs,
         "providers": providers,
         "default": name == "fp32",
-        "size_bytes": (out_dir / GRAPH_FILES[name]).stat().st_size,
+        "size_bytes": sum(p.stat().st_size for p in out_dir.glob(GRAPH_FILES[name] + "*")),
         "parity": report_parity.get(name, {"note": "validated on CUDA only"}),
     }
     if name in latency:
         entry["latency_ms"] = {"batch": 8, "sequence_length": 64, "provider": "CPUExecutionProvider",
                                "median": latency[name]}
     return entry
+
+
+def _attention_pattern(config: EncoderConfig) -> dict[str, Any]:
+    """Which keys each layer's queries see, for the explorer: causal, and which layers use a local window."""
+    local = [i for i in range(config.num_layers) if not config.is_global_layer(i)]
+    return {"causal": config.causal, "local_window": config.local_window if local else 0, "local_layers": local,
+            "num_kv_heads": config.kv_heads, "position": config.position_embedding,
+            "relative_bias": bool(config.relative_attention_buckets)}
 
 
 def run_export(options: ExportOptions) -> Path:
@@ -141,6 +150,9 @@ def run_export(options: ExportOptions) -> Path:
     checkpoint = load_checkpoint(options.model_dir)
     prompts, default_prompt_name = read_prompts(options.model_dir)
     config = checkpoint.config
+    encoder = checkpoint.encoder
+    names = onnx_export.input_names(encoder)
+    side = tokenizer_info.padding_side(options.model_dir, checkpoint.family.padding_side)
     options.out_dir.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=options.out_dir.parent, prefix=f".{options.out_dir.name}.") as tmp:
         work = Path(tmp)
@@ -148,17 +160,22 @@ def run_export(options: ExportOptions) -> Path:
         build.mkdir()
         tokenizer = _write_tokenizer(checkpoint, build / "tokenizer.json")
         graphs = {name: build / GRAPH_FILES[name] for name in ("fp32", "fp32-fused", "attention")}
-        onnx_export.export_graph(checkpoint.encoder, graphs["fp32"], with_attentions=False)
-        onnx_export.export_graph(checkpoint.encoder, graphs["attention"], with_attentions=True)
-        fused_ops = optimize.fuse(graphs["fp32"], graphs["fp32-fused"], config)
+        special = tokenizer_info.special_tokens(options.model_dir, tokenizer)
+        threshold = options.external_data_threshold
+        onnx_export.export_graph(encoder, graphs["fp32"], with_attentions=False, external_data_threshold=threshold)
+        onnx_export.export_graph(encoder, graphs["attention"], with_attentions=True,
+                                 external_data_threshold=threshold)
+        fused_ops = optimize.fuse(graphs["fp32"], graphs["fp32-fused"], config,
+                                  checkpoint.family.optimizer_model_type)
         if options.variants:
             optimize.to_int8(graphs["fp32-fused"], build / GRAPH_FILES["int8"])
-            optimize.to_fp16(graphs["fp32-fused"], build / GRAPH_FILES["fp16"], config)
+            optimize.to_fp16(graphs["fp32-fused"], build / GRAPH_FILES["fp16"])
             graphs["int8"] = build / GRAPH_FILES["int8"]
             graphs["fp16"] = build / GRAPH_FILES["fp16"]
         max_len = checkpoint.pooling.max_seq_length
-        batches = make_batches(tokenizer, SENTENCES, max_len, sizes=(5, 4, 7))
-        report = validate(checkpoint.encoder, graphs, batches, _latency_batch(config.vocab_size))
+        batches = make_batches(tokenizer, SENTENCES, max_len, sizes=(5, 4, 7), names=names, padding_side=side,
+                               pad_id=special.get("pad", config.pad_token_id))
+        report = validate(encoder, graphs, batches, _latency_batch(config.vocab_size, names))
         int8 = report.parity.get("int8", {})
         if int8 and int8["mean_cosine_vs_fp32"] < options.int8_min_cosine:
             report.failures.append(f"int8: mean cosine {int8['mean_cosine_vs_fp32']:.4f} < {options.int8_min_cosine}")
@@ -169,19 +186,27 @@ def run_export(options: ExportOptions) -> Path:
             "model_name": options.model_name,
             "source": {"path": str(options.model_dir), "weights_file": checkpoint.weights_file.name,
                        "weights_sha256": sha256_file(checkpoint.weights_file)},
+            "family": checkpoint.family.name,
             "config": config.to_dict(),
-            "embedding_dim": config.hidden_size,
+            "hidden_size": config.hidden_size,
+            "embedding_dim": encoder.embedding_dim,
+            "vocab_size": tokenizer.get_vocab_size(with_added_tokens=True),
             "pooling": checkpoint.pooling.mode,
+            "pooling_chain": checkpoint.pooling.chain(),
             "normalize": checkpoint.pooling.normalize,
+            "padding_side": side,
+            "attention_pattern": _attention_pattern(config),
             "max_seq_length": max_len,
             "prompts": prompts,
             "default_prompt_name": default_prompt_name,
             "opset": onnx_export.OPSET,
-            "inputs": [io_spec(n, "int64", ["batch_size", "sequence_length"]) for n in onnx_export.INPUT_NAMES],
-            "graphs": {name: _graph_entry(name, config.hidden_size, report.parity, report.latency_ms, build)
+            "inputs": [io_spec(n, "int64", ["batch_size"] if n == "prompt_length" else
+                               ["batch_size", "sequence_length"]) for n in names],
+            "graphs": {name: _graph_entry(name, config.hidden_size, encoder.embedding_dim, report.parity,
+                                          report.latency_ms, build)
                        for name in graphs},
             "fused_operators": fused_ops,
-            "special_tokens": _special_tokens(tokenizer),
+            "special_tokens": special,
             "versions": library_versions(),
             "export": {"inputs_sha256": fingerprint, "created_by": "python -m export",
                        "validation_sentences": len(SENTENCES)},

@@ -30,21 +30,32 @@ class ValidationError(RuntimeError):
 
 @dataclass
 class Batch:
+    """One padded batch as both runtimes take it; `names` are the graph's inputs (manifest order)."""
+
     input_ids: np.ndarray
     attention_mask: np.ndarray
-    token_type_ids: np.ndarray
+    names: tuple[str, ...] = ("input_ids", "attention_mask", "token_type_ids")
+    prompt_length: np.ndarray | None = None
+
+    def _values(self) -> dict[str, np.ndarray]:
+        prompt = self.prompt_length if self.prompt_length is not None else np.zeros(len(self.input_ids), np.int64)
+        return {"input_ids": self.input_ids, "attention_mask": self.attention_mask,
+                "token_type_ids": np.zeros_like(self.input_ids), "prompt_length": prompt}
 
     def feeds(self) -> dict[str, np.ndarray]:
-        return {"input_ids": self.input_ids, "attention_mask": self.attention_mask,
-                "token_type_ids": self.token_type_ids}
+        values = self._values()
+        return {name: values[name] for name in self.names}
 
-    def torch(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        return (torch.from_numpy(self.input_ids), torch.from_numpy(self.attention_mask),
-                torch.from_numpy(self.token_type_ids))
+    def torch(self) -> tuple[torch.Tensor | None, ...]:
+        values = self._values()
+        return tuple(torch.from_numpy(values[name]) if name in self.names else None
+                     for name in ("input_ids", "attention_mask", "token_type_ids", "prompt_length"))
 
 
-def make_batches(tokenizer: Tokenizer, sentences: tuple[str, ...], max_len: int, sizes: tuple[int, ...]) -> list[Batch]:
-    """Split sentences into batches of the given sizes, padded to each batch's longest row."""
+def make_batches(tokenizer: Tokenizer, sentences: tuple[str, ...], max_len: int, sizes: tuple[int, ...],
+                 names: tuple[str, ...] = ("input_ids", "attention_mask", "token_type_ids"),
+                 padding_side: str = "right", pad_id: int = 0) -> list[Batch]:
+    """Split sentences into batches of the given sizes, padded on the model's side to each batch's longest row."""
     tok = Tokenizer.from_str(tokenizer.to_str())
     tok.enable_truncation(max_len)
     batches, start = [], 0
@@ -53,12 +64,14 @@ def make_batches(tokenizer: Tokenizer, sentences: tuple[str, ...], max_len: int,
         start += size
         encodings = tok.encode_batch(list(chunk))
         width = max(len(e.ids) for e in encodings)
-        ids = np.zeros((len(chunk), width), dtype=np.int64)
+        ids = np.full((len(chunk), width), pad_id, dtype=np.int64)
         mask = np.zeros_like(ids)
         for row, enc in enumerate(encodings):
-            ids[row, : len(enc.ids)] = enc.ids
-            mask[row, : len(enc.ids)] = 1
-        batches.append(Batch(ids, mask, np.zeros_like(ids)))
+            cols = slice(width - len(enc.ids), width) if padding_side == "left" else slice(0, len(enc.ids))
+            ids[row, cols] = enc.ids
+            mask[row, cols] = 1
+        prompt = np.array([min(2, len(e.ids) - 1) for e in encodings], dtype=np.int64)
+        batches.append(Batch(ids, mask, names, prompt))
     return batches
 
 

@@ -4,11 +4,12 @@ Only export/ and tests import this package: the service reads ONNX artifacts and
 """
 
 from model.checkpoint import CheckpointError, LoadedCheckpoint, load_checkpoint
-from model.config import EncoderConfig, PoolingConfig
+from model.config import DenseConfig, EncoderConfig, PoolingConfig
 from model.encoder import Encoder, EncoderOutput
 
 __all__ = [
     "CheckpointError",
+    "DenseConfig",
     "Encoder",
     "EncoderConfig",
     "EncoderOutput",

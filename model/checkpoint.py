@@ -1,14 +1,15 @@
-"""Load a Hugging Face BERT-family directory into our Encoder, refusing anything we would load only partly.
+"""Load a Hugging Face / sentence-transformers directory into our Encoder, refusing anything we would load
+only partly.
 
-Reads config.json, model.safetensors (or pytorch_model.bin), tokenizer.json and the sentence-transformers files
-(modules.json, <pooling>/config.json, sentence_bert_config.json). Every failure names the file and the key.
+Reads config.json (its model_type picks the family recipe), model.safetensors (or pytorch_model.bin),
+tokenizer.json and the sentence-transformers files (modules.json, Pooling and Dense module configs and
+weights, sentence_bert_config.json). Every failure names the file and the key.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,35 +17,27 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from model.config import EncoderConfig, PoolingConfig, PoolingMode
+from model.config import DenseConfig, EncoderConfig, PoolingConfig, PoolingMode
 from model.encoder import Encoder
+from model.families import SUPPORTED_MODEL_TYPES, Family, family_for
+from model.families.base import CheckpointError, require
 
 log = logging.getLogger(__name__)
 
-SUPPORTED_MODEL_TYPES = ("bert",)
-_ACTIVATIONS = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "relu": "relu"}
-# Checkpoint keys we knowingly do not use: BERT's NSP pooler, MLM heads, and a position-id buffer.
-_IGNORED_KEYS = re.compile(r"^(pooler\.|cls\.|embeddings\.position_ids$)")
-_LAYER_KEYS = {
-    "attention.self.query": "attention.query",
-    "attention.self.key": "attention.key",
-    "attention.self.value": "attention.value",
-    "attention.output.dense": "attention.output",
-    "attention.output.LayerNorm": "attention_norm",
-    "intermediate.dense": "feed_forward.up",
-    "output.dense": "feed_forward.down",
-    "output.LayerNorm": "output_norm",
-}
-_EMBEDDING_KEYS = {
-    "embeddings.word_embeddings": "embeddings.word",
-    "embeddings.position_embeddings": "embeddings.position",
-    "embeddings.token_type_embeddings": "embeddings.token_type",
-    "embeddings.LayerNorm": "embeddings.norm",
-}
+__all__ = ["SUPPORTED_MODEL_TYPES", "CheckpointError", "LoadedCheckpoint", "load_checkpoint"]
 
-
-class CheckpointError(ValueError):
-    """The checkpoint directory cannot be loaded exactly; the message names the file and the key."""
+_POOLING_KEYS: tuple[tuple[PoolingMode, str], ...] = (
+    ("cls", "pooling_mode_cls_token"), ("mean", "pooling_mode_mean_tokens"), ("max", "pooling_mode_max_tokens"),
+    ("mean_sqrt_len_tokens", "pooling_mode_mean_sqrt_len_tokens"),
+    ("weightedmean", "pooling_mode_weightedmean_tokens"), ("lasttoken", "pooling_mode_lasttoken"),
+)
+# sentence-transformers stores a Dense activation as its class path.
+_DENSE_ACTIVATIONS = {
+    "torch.nn.modules.linear.Identity": "identity", "torch.nn.modules.activation.Tanh": "tanh",
+    "torch.nn.modules.activation.ReLU": "relu", "torch.nn.modules.activation.GELU": "gelu",
+    "torch.nn.modules.activation.Sigmoid": "sigmoid",
+}
+_TRANSFORMER_MODULE = ".Transformer"
 
 
 @dataclass(frozen=True)
@@ -52,13 +45,14 @@ class LoadedCheckpoint:
     encoder: Encoder
     config: EncoderConfig
     pooling: PoolingConfig
+    family: Family
     model_name: str
     source_dir: Path
     weights_file: Path
     tokenizer_file: Path
 
 
-def _read_json(path: Path) -> dict[str, Any]:
+def _read_json(path: Path) -> Any:
     if not path.is_file():
         raise CheckpointError(f"{path}: file not found")
     try:
@@ -67,92 +61,123 @@ def _read_json(path: Path) -> dict[str, Any]:
         raise CheckpointError(f"{path}: not valid JSON ({exc.__class__.__name__})") from exc
     if not isinstance(data, dict) and not isinstance(data, list):
         raise CheckpointError(f"{path}: expected a JSON object")
-    return data  # type: ignore[return-value]
+    return data
 
 
-def _require(data: dict[str, Any], key: str, path: Path) -> Any:
-    if key not in data:
-        raise CheckpointError(f"{path}: missing key {key!r}")
-    return data[key]
-
-
-def read_encoder_config(directory: Path) -> EncoderConfig:
-    """config.json -> EncoderConfig, refusing architectures whose weights we could not place exactly."""
+def read_encoder_config(directory: Path) -> tuple[Family, EncoderConfig]:
+    """config.json -> (family, EncoderConfig), refusing architectures whose weights we could not place exactly."""
     path = directory / "config.json"
     raw = _read_json(path)
-    model_type = _require(raw, "model_type", path)
-    if model_type not in SUPPORTED_MODEL_TYPES:
-        raise CheckpointError(
-            f"{path}: unsupported architecture model_type={model_type!r} "
-            f"(supported: {', '.join(SUPPORTED_MODEL_TYPES)})"
-        )
-    position_type = raw.get("position_embedding_type", "absolute")
-    if position_type != "absolute":
-        raise CheckpointError(f"{path}: unsupported position_embedding_type={position_type!r}")
-    act = raw.get("hidden_act", "gelu")
-    if act not in _ACTIVATIONS:
-        raise CheckpointError(f"{path}: unsupported hidden_act={act!r}")
+    if not isinstance(raw, dict):
+        raise CheckpointError(f"{path}: expected a JSON object")
+    family = family_for(require(raw, "model_type", path), path)
+    return family, family.read_config(raw, path)
+
+
+def _read_dense(directory: Path, module: dict[str, Any], in_features: int) -> tuple[DenseConfig, dict[str, Tensor]]:
+    module_dir = directory / str(module.get("path", ""))
+    path = module_dir / "config.json"
+    raw = _read_json(path)
+    if raw.get("use_residual"):
+        raise CheckpointError(f"{path}: unsupported use_residual=true")
+    name = raw.get("activation_function", "torch.nn.modules.activation.Tanh")
+    if name not in _DENSE_ACTIVATIONS:
+        raise CheckpointError(f"{path}: unsupported activation_function={name!r}")
     try:
-        return EncoderConfig(
-            vocab_size=int(_require(raw, "vocab_size", path)),
-            hidden_size=int(_require(raw, "hidden_size", path)),
-            num_layers=int(_require(raw, "num_hidden_layers", path)),
-            num_heads=int(_require(raw, "num_attention_heads", path)),
-            intermediate_size=int(_require(raw, "intermediate_size", path)),
-            max_position_embeddings=int(raw.get("max_position_embeddings", 512)),
-            type_vocab_size=int(raw.get("type_vocab_size", 2)),
-            layer_norm_eps=float(raw.get("layer_norm_eps", 1e-12)),
-            hidden_act=_ACTIVATIONS[act],  # type: ignore[arg-type]
-            position_embedding="learned",
-            norm_first=False,
-            pad_token_id=int(raw.get("pad_token_id") or 0),
-        )
+        config = DenseConfig(in_features=int(require(raw, "in_features", path)),
+                             out_features=int(require(raw, "out_features", path)),
+                             bias=bool(raw.get("bias", True)), activation=_DENSE_ACTIVATIONS[name])  # type: ignore[arg-type]
     except (TypeError, ValueError) as exc:
         raise CheckpointError(f"{path}: {exc}") from exc
+    if config.in_features != in_features:
+        raise CheckpointError(f"{path}: in_features {config.in_features} but the previous module gives {in_features}")
+    if not any((module_dir / f).is_file() for f in ("model.safetensors", "pytorch_model.bin")):
+        raise CheckpointError(f"{module_dir}: missing Dense weights (model.safetensors or pytorch_model.bin)")
+    weights_file, state = _read_weights(module_dir)
+    expected = {"linear.weight": (config.out_features, config.in_features)}
+    if config.bias:
+        expected["linear.bias"] = (config.out_features,)
+    for key, shape in expected.items():
+        if key not in state:
+            raise CheckpointError(f"{weights_file}: missing Dense key {key!r}")
+        if tuple(state[key].shape) != shape:
+            raise CheckpointError(f"{weights_file}: key {key!r} has shape {tuple(state[key].shape)}, "
+                                  f"{path.name} implies {shape}")
+    unexpected = sorted(set(state) - set(expected))
+    if unexpected:
+        raise CheckpointError(f"{weights_file}: unexpected Dense key(s) {', '.join(unexpected)}")
+    return config, {k: state[k] for k in expected}
 
 
-def read_pooling_config(directory: Path, config: EncoderConfig) -> PoolingConfig:
-    """sentence-transformers modules.json / Pooling / sentence_bert_config.json -> PoolingConfig.
+def read_pooling_config(directory: Path, config: EncoderConfig) -> tuple[PoolingConfig, list[dict[str, Tensor]]]:
+    """sentence-transformers modules.json and its modules -> (PoolingConfig, Dense weights in order).
 
     A plain transformers directory (no modules.json) gets mean pooling and normalisation, the common choice
-    for embedding models, and a log line saying so.
+    for embedding models, and a log line saying so. A module we do not implement stops the load.
     """
     modules_path = directory / "modules.json"
     max_seq_length = config.max_position_embeddings
     st_config = directory / "sentence_bert_config.json"
     if st_config.is_file():
         max_seq_length = int(_read_json(st_config).get("max_seq_length") or max_seq_length)
-    if max_seq_length > config.max_position_embeddings:
-        raise CheckpointError(
-            f"{st_config}: max_seq_length {max_seq_length} exceeds max_position_embeddings "
-            f"{config.max_position_embeddings}"
-        )
+    limit = config.max_position_embeddings
+    if config.position_ids == "padding_offset":
+        limit -= config.pad_token_id + 1  # RoBERTa's ids start after padding_idx
+    if max_seq_length > limit:
+        raise CheckpointError(f"{st_config}: max_seq_length {max_seq_length} exceeds the {limit} positions "
+                              f"config.json allows")
     if not modules_path.is_file():
         log.info("%s has no modules.json: using mean pooling with normalisation", directory)
-        return PoolingConfig(mode="mean", normalize=True, max_seq_length=max_seq_length)
-    modules = json.loads(modules_path.read_text(encoding="utf-8"))
+        return PoolingConfig(mode="mean", normalize=True, max_seq_length=max_seq_length), []
+    modules = _read_json(modules_path)
     if not isinstance(modules, list):
         raise CheckpointError(f"{modules_path}: expected a list of modules")
-    types = [str(m.get("type", "")) for m in modules]
-    normalize = any(t.endswith(".Normalize") for t in types)
-    pooling_modules = [m for m in modules if str(m.get("type", "")).endswith(".Pooling")]
-    if not pooling_modules:
-        return PoolingConfig(mode="mean", normalize=normalize, max_seq_length=max_seq_length)
-    pooling_path = directory / str(pooling_modules[0].get("path", "")) / "config.json"
-    raw = _read_json(pooling_path)
-    if raw.get("pooling_mode_mean_sqrt_len_tokens") or raw.get("pooling_mode_weightedmean_tokens") or raw.get(
-        "pooling_mode_lasttoken"
-    ):
-        raise CheckpointError(f"{pooling_path}: unsupported pooling mode (supported: mean, cls, max)")
-    chosen: list[PoolingMode] = [
-        mode
-        for mode, key in (("cls", "pooling_mode_cls_token"), ("mean", "pooling_mode_mean_tokens"),
-                          ("max", "pooling_mode_max_tokens"))
-        if raw.get(key)
-    ]
+    mode: PoolingMode = "mean"
+    include_prompt = True
+    normalize = False
+    dense: list[DenseConfig] = []
+    dense_weights: list[dict[str, Tensor]] = []
+    width = config.hidden_size
+    seen_pooling = False
+    for module in modules:
+        kind = str(module.get("type", ""))
+        if kind.endswith(_TRANSFORMER_MODULE):
+            continue
+        if kind.endswith(".Pooling"):
+            mode, include_prompt = _read_pooling_module(directory / str(module.get("path", "")) / "config.json")
+            seen_pooling = True
+        elif kind.endswith(".Dense"):
+            dense_config, weights = _read_dense(directory, module, width)
+            dense.append(dense_config)
+            dense_weights.append(weights)
+            width = dense_config.out_features
+        elif kind.endswith(".Normalize"):
+            normalize = True
+        else:
+            raise CheckpointError(f"{modules_path}: unsupported module type {kind!r} "
+                                  "(supported: Transformer, Pooling, Dense, Normalize)")
+    if dense and not seen_pooling:
+        raise CheckpointError(f"{modules_path}: a Dense module needs a Pooling module before it")
+    pooling = PoolingConfig(mode=mode, normalize=normalize, max_seq_length=max_seq_length,
+                            include_prompt=include_prompt, dense=tuple(dense))
+    return pooling, dense_weights
+
+
+def _read_pooling_module(path: Path) -> tuple[PoolingMode, bool]:
+    raw = _read_json(path)
+    # sentence-transformers 6 writes `pooling_mode` (a name or a list); older releases one boolean per mode.
+    modern = raw.get("pooling_mode")
+    if modern is not None:
+        chosen = [modern] if isinstance(modern, str) else list(modern) if isinstance(modern, list) else [modern]
+        unknown = [m for m in chosen if m not in dict(_POOLING_KEYS)]
+        if unknown:
+            raise CheckpointError(f"{path}: unsupported pooling_mode {unknown} "
+                                  f"(supported: {', '.join(m for m, _ in _POOLING_KEYS)})")
+    else:
+        chosen = [mode for mode, key in _POOLING_KEYS if raw.get(key)]
     if len(chosen) != 1:
-        raise CheckpointError(f"{pooling_path}: exactly one pooling mode must be set, found {chosen or 'none'}")
-    return PoolingConfig(mode=chosen[0], normalize=normalize, max_seq_length=max_seq_length)
+        raise CheckpointError(f"{path}: exactly one pooling mode must be set, found {chosen or 'none'}")
+    return chosen[0], bool(raw.get("include_prompt", True))
 
 
 def _read_weights(directory: Path) -> tuple[Path, dict[str, Tensor]]:
@@ -175,38 +200,30 @@ def _read_weights(directory: Path) -> tuple[Path, dict[str, Tensor]]:
     raise CheckpointError(f"{directory}: no weights file (model.safetensors or pytorch_model.bin)")
 
 
-def _our_key(hf_key: str) -> str | None:
-    """Map one Hugging Face key to ours; None for keys we knowingly ignore; raise for keys we do not know."""
-    key = hf_key.removeprefix("bert.")
-    if _IGNORED_KEYS.match(key):
-        return None
-    for theirs, ours in _EMBEDDING_KEYS.items():
-        if key.startswith(theirs + "."):
-            return ours + key[len(theirs):]
-    match = re.match(r"^encoder\.layer\.(\d+)\.(.+)\.(weight|bias)$", key)
-    if match:
-        index, module, param = match.groups()
-        if module in _LAYER_KEYS:
-            return f"layers.{index}.{_LAYER_KEYS[module]}.{param}"
-    return ""
-
-
-def map_state_dict(state: dict[str, Tensor], encoder: Encoder, weights_file: Path) -> dict[str, Tensor]:
+def map_state_dict(state: dict[str, Tensor], encoder: Encoder, weights_file: Path,
+                   family: Family) -> dict[str, Tensor]:
     """Rename, then check that every parameter is present exactly once with its shape, and nothing is left over."""
-    expected = encoder.state_dict()
+    expected = {k: v for k, v in encoder.state_dict().items() if not k.startswith("dense.")}
     mapped: dict[str, Tensor] = {}
     for hf_key, tensor in state.items():
-        ours = _our_key(hf_key)
-        if ours is None:
+        targets = family.rename(hf_key)
+        if targets is None:
             continue
-        if ours == "" or ours not in expected:
-            raise CheckpointError(f"{weights_file}: unexpected key {hf_key!r} (not part of a BERT encoder)")
-        if tuple(tensor.shape) != tuple(expected[ours].shape):
-            raise CheckpointError(
-                f"{weights_file}: key {hf_key!r} has shape {tuple(tensor.shape)}, "
-                f"config.json implies {tuple(expected[ours].shape)}"
-            )
-        mapped[ours] = tensor.to(torch.float32)
+        if not targets or any(ours not in expected for ours, _, _ in targets):
+            raise CheckpointError(f"{weights_file}: unexpected key {hf_key!r} (not part of a {family.name} encoder)")
+        for ours, part, parts in targets:
+            if tensor.shape[0] % parts:
+                raise CheckpointError(f"{weights_file}: key {hf_key!r} of shape {tuple(tensor.shape)} cannot be "
+                                      f"split into {parts} equal parts")
+            piece = tensor.chunk(parts, dim=0)[part] if parts > 1 else tensor
+            if tuple(piece.shape) != tuple(expected[ours].shape):
+                raise CheckpointError(
+                    f"{weights_file}: key {hf_key!r} has shape {tuple(tensor.shape)}, "
+                    f"config.json implies {tuple(expected[ours].shape)}" + (f" x {parts}" if parts > 1 else "")
+                )
+            if ours in mapped:
+                raise CheckpointError(f"{weights_file}: key {hf_key!r} maps onto {ours!r} twice")
+            mapped[ours] = piece.to(torch.float32).contiguous()
     missing = sorted(set(expected) - set(mapped))
     if missing:
         raise CheckpointError(f"{weights_file}: missing key(s) {', '.join(missing[:5])}"
@@ -215,24 +232,28 @@ def map_state_dict(state: dict[str, Tensor], encoder: Encoder, weights_file: Pat
 
 
 def load_checkpoint(directory: str | Path) -> LoadedCheckpoint:
-    """Load a BERT-family checkpoint directory exactly, or raise CheckpointError naming what is wrong."""
+    """Load a supported checkpoint directory exactly, or raise CheckpointError naming what is wrong."""
     directory = Path(directory)
     if not directory.is_dir():
         raise CheckpointError(f"{directory}: not a directory")
-    config = read_encoder_config(directory)
-    pooling = read_pooling_config(directory, config)
+    family, config = read_encoder_config(directory)
+    pooling, dense_weights = read_pooling_config(directory, config)
     tokenizer_file = directory / "tokenizer.json"
     if not tokenizer_file.is_file():
         raise CheckpointError(f"{tokenizer_file}: file not found (a fast tokenizer file is required)")
     _check_tokenizer(tokenizer_file, config)
     weights_file, state = _read_weights(directory)
-    encoder = Encoder(config, pooling=pooling.mode)
-    encoder.load_state_dict(map_state_dict(state, encoder, weights_file), strict=True)
+    encoder = Encoder(config, pooling=pooling)
+    mapped = map_state_dict(state, encoder, weights_file, family)
+    for index, weights in enumerate(dense_weights):
+        mapped.update({f"dense.{index}.{k}": v.to(torch.float32) for k, v in weights.items()})
+    encoder.load_state_dict(mapped, strict=True)
     encoder.eval()
     return LoadedCheckpoint(
         encoder=encoder,
         config=config,
         pooling=pooling,
+        family=family,
         model_name=directory.name,
         source_dir=directory,
         weights_file=weights_file,

@@ -20,6 +20,8 @@ logger = logging.getLogger(__name__)
 SUPPORTED_FORMAT_VERSION = 1
 _REQUIRED_KEYS = ("model_name", "embedding_dim", "pooling", "max_seq_length", "graphs", "files")
 _HASH_CHUNK_BYTES = 1 << 20
+# prompt_length (pooling that leaves the prompt out) is exported by the model code but not yet fed by the runner.
+_FEEDABLE_INPUTS = frozenset({"input_ids", "attention_mask", "token_type_ids"})
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,11 @@ class Manifest:
     pad_token_id: int
     graphs: dict[str, GraphSpec]
     tokenizer_path: Path
+    # The graph inputs in order (input_ids, attention_mask, and token_type_ids only where the model has segments)
+    # and the side padding goes on (left for decoders pooled from their last token).
+    inputs: tuple[str, ...] = ("input_ids", "attention_mask", "token_type_ids")
+    padding_side: str = "right"
+    special_tokens: dict[str, int] = field(default_factory=dict)
     # sentence-transformers prompts (config_sentence_transformers.json): name -> text prepended to an input.
     prompts: dict[str, str] = field(default_factory=dict)
     default_prompt_name: str | None = None
@@ -132,7 +139,18 @@ def load_manifest(directory: Path, *, verify: bool = True) -> Manifest:
 
     config = raw.get("config", {})
     special = raw.get("special_tokens", {})
+    if not isinstance(special, dict) or not all(isinstance(v, int) for v in special.values()):
+        raise ArtifactError(f"'special_tokens' in {manifest_path} must map roles to token ids")
     pad_id = special.get("pad", config.get("pad_token_id", 0))
+    inputs = tuple(str(i["name"]) if isinstance(i, dict) else str(i) for i in raw.get("inputs", [])) or (
+        "input_ids", "attention_mask", "token_type_ids")
+    unknown = sorted(set(inputs) - _FEEDABLE_INPUTS)
+    if unknown or inputs[:2] != ("input_ids", "attention_mask"):
+        raise ArtifactError(f"graph inputs {list(inputs)} in {manifest_path} are not ones this server can feed "
+                            f"(input_ids, attention_mask, token_type_ids)")
+    padding_side = raw.get("padding_side", "right")
+    if padding_side not in ("left", "right"):
+        raise ArtifactError(f"padding_side {padding_side!r} in {manifest_path} must be 'left' or 'right'")
     manifest = Manifest(
         directory=directory,
         model_name=str(raw["model_name"]),
@@ -145,6 +163,9 @@ def load_manifest(directory: Path, *, verify: bool = True) -> Manifest:
         pad_token_id=int(pad_id),
         graphs=graphs,
         tokenizer_path=directory / "tokenizer.json",
+        inputs=inputs,
+        padding_side=str(padding_side),
+        special_tokens=dict(special),
         prompts=dict(prompts),
         default_prompt_name=default_prompt_name,
         raw=raw,

@@ -38,6 +38,9 @@ logger = logging.getLogger(__name__)
 
 _NORM_FLOOR = 1e-12
 TOKENIZE_WORKERS = 2  # the tokenizer thread pool (reported as TEI's `tokenization_workers`)
+# A prompt name no real model defines (it starts with NUL): "no prompt at all",
+# as opposed to None, which applies the model's default prompt.
+NO_PROMPT = "\x00none"
 
 # One input: a text, or a list of token ids taken verbatim.
 Input = str | Sequence[int]
@@ -142,12 +145,26 @@ class Engine:
             functools.partial(self.tokenizer.decode_batch, ids_lists, skip_special_tokens=skip_special_tokens),
         )
 
+    def prompt_name_for(self, prompt_name: str | None, input_type: str | None) -> str | None:
+        """/v1/embeddings' `input_type` as a prompt name: `query` -> the model's "query" prompt, `document` ->
+        its "document" or "passage" prompt; a role the model has no prompt for gets no prompt (not the default,
+        which is usually the query prompt)."""
+        if input_type is None:
+            return prompt_name
+        if prompt_name is not None:
+            raise InvalidRequestError("give prompt_name or input_type, not both", param="input_type",
+                                      code="invalid_value")
+        names = ("query",) if input_type == "query" else ("document", "passage")
+        return next((n for n in names if n in self.manifest.prompts), NO_PROMPT)
+
     def prompt(self, name: str | None) -> str:
         """The text a prompt name prepends; None gives the model's default prompt, or none."""
         prompts = self.manifest.prompts
         if name is None:
             default = self.manifest.default_prompt_name
             return prompts[default] if default is not None else ""
+        if name == NO_PROMPT:
+            return ""
         if name not in prompts:
             have = ", ".join(sorted(prompts)) if prompts else "none"
             raise InvalidRequestError(

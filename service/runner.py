@@ -76,6 +76,7 @@ class OnnxRunner:
     def __init__(self, manifest: Manifest, settings: Settings) -> None:
         self.manifest = manifest
         self.pad_id = manifest.pad_token_id
+        self._left_padded = manifest.padding_side == "left"
         self.variant = settings.graph_variant
         self._attention_values_per_chunk = max(settings.attention_budget, 1)
         self._pad_multiple = settings.pad_to_multiple
@@ -209,12 +210,14 @@ class OnnxRunner:
             pooled = outs["sentence_embedding"]  # (B, D)
             hidden = outs.get("last_hidden_state")  # (B, T, D)
             attn = outs.get("attentions")  # (L, B, H, T, T)
+            width = chunk.feeds["input_ids"].shape[1]
             for i, n in enumerate(chunk.lengths):
+                real = slice(width - n, width) if self._left_padded else slice(0, n)
                 results.append(
                     RowResult(
                         embedding=np.array(pooled[i], dtype=np.float32),
-                        token_embeddings=None if hidden is None else np.array(hidden[i, :n], dtype=np.float32),
-                        attentions=None if attn is None else np.array(attn[:, i, :, :n, :n], dtype=np.float32),
+                        token_embeddings=None if hidden is None else np.array(hidden[i, real], dtype=np.float32),
+                        attentions=None if attn is None else np.array(attn[:, i, :, real, real], dtype=np.float32),
                     )
                 )
         return results
@@ -232,18 +235,19 @@ class OnnxRunner:
         return max(longest, min(rounded, self.manifest.max_seq_length))
 
     def _pad(self, rows: list[np.ndarray]) -> _Chunk:
+        """Feeds for exactly the graph's inputs; rows padded on the model's side (left for decoders, so that
+        every row's last token sits in the last column)."""
         lengths = tuple(len(r) for r in rows)
         width = self.padded_width(max(lengths))
         input_ids = np.full((len(rows), width), self.pad_id, dtype=np.int64)  # (B, T)
         attention_mask = np.zeros((len(rows), width), dtype=np.int64)  # (B, T)
         for i, r in enumerate(rows):
-            input_ids[i, : len(r)] = r
-            attention_mask[i, : len(r)] = 1
-        feeds = {
-            "input_ids": input_ids,
-            "attention_mask": attention_mask,
-            "token_type_ids": np.zeros_like(input_ids),
-        }
+            cols = slice(width - len(r), width) if self._left_padded else slice(0, len(r))
+            input_ids[i, cols] = r
+            attention_mask[i, cols] = 1
+        feeds = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if "token_type_ids" in self.manifest.inputs:
+            feeds["token_type_ids"] = np.zeros_like(input_ids)
         return _Chunk(feeds, lengths)
 
     def _attention_groups(self, rows: list[np.ndarray]) -> list[list[np.ndarray]]:
@@ -272,12 +276,13 @@ class OnnxRunner:
         logger.info("warm-up done: %d rows × %d tokens on %s", rows, self.manifest.max_seq_length, self.variant)
 
     def _warm(self, graph: str, rows: int) -> None:
-        special = self.manifest.raw.get("special_tokens", {})
+        special = self.manifest.special_tokens
         # Any in-vocabulary id will do (shapes and finiteness are what is checked): the model's own unknown or
-        # padding token, led by its [CLS]/<s> where it has one.
+        # padding token, led by its [CLS]/<s> (or BOS) where it has one.
         filler = np.full(self.manifest.max_seq_length, special.get("unk", self.manifest.pad_token_id), dtype=np.int64)
-        if "cls" in special:
-            filler[0] = special["cls"]
+        lead = special.get("cls", special.get("bos"))
+        if lead is not None:
+            filler[0] = lead
         out = self.execute(self.prepare(graph, [filler] * rows))
         if not np.isfinite(out[0].embedding).all():
             raise ProviderError(f"warm-up of graph {graph!r} produced non-finite values")

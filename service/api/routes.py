@@ -149,6 +149,7 @@ async def openai_embeddings(request: Request, services: ServicesDep, engine: Eng
         policy=body.policy(services.settings.auto_truncate),
         normalize=engine.manifest.normalize,
         dimensions=body.dimensions,
+        prompt_name=engine.prompt_name_for(body.prompt_name, body.input_type),
     )
     result = await until_disconnect(request, engine.encode(as_inputs(body.input), options))
     encode = b64 if body.encoding_format == "base64" else np.ascontiguousarray

@@ -36,6 +36,10 @@ class OpenAIEmbeddingsRequest(_Strict):
     dimensions: int | None = Field(default=None, ge=1)
     user: str | None = None
     truncate: bool | None = None  # null or absent: EMBED_AUTO_TRUNCATE
+    # Extensions: a sentence-transformers prompt by name (TEI's prompt_name), or the role of the texts, which
+    # picks the model's `query` / `document` (or `passage`) prompt where it defines one.
+    prompt_name: str | None = None
+    input_type: Literal["query", "document"] | None = None
 
     def policy(self, auto_truncate: bool) -> TruncationPolicy:
         return truncation_policy(self.truncate, "right", auto_truncate)

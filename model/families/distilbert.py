@@ -1,0 +1,55 @@
+"""DistilBERT: BERT's post-norm layers with other weight names, no token types, LayerNorm eps fixed at 1e-12."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from model.config import EncoderConfig
+from model.families.base import CheckpointError, Family, activation, require
+
+
+def _read(raw: dict[str, Any], path: Path) -> EncoderConfig:
+    # sinusoidal_pos_embds=True only changes how the position table is initialised; it is saved as weights.
+    try:
+        return EncoderConfig(
+            vocab_size=int(require(raw, "vocab_size", path)),
+            hidden_size=int(require(raw, "dim", path)),
+            num_layers=int(require(raw, "n_layers", path)),
+            num_heads=int(require(raw, "n_heads", path)),
+            intermediate_size=int(require(raw, "hidden_dim", path)),
+            max_position_embeddings=int(raw.get("max_position_embeddings", 512)),
+            type_vocab_size=0,
+            layer_norm_eps=1e-12,  # hard-coded in transformers' DistilBERT
+            hidden_act=activation(raw, "activation", path),  # type: ignore[arg-type]
+            pad_token_id=int(raw.get("pad_token_id") or 0),
+        )
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{path}: {exc}") from exc
+
+
+DISTILBERT = Family(
+    name="distilbert",
+    model_types=("distilbert",),
+    read_config=_read,
+    embedding_keys={
+        "embeddings.word_embeddings": "embeddings.word",
+        "embeddings.position_embeddings": "embeddings.position",
+        "embeddings.LayerNorm": "embeddings.norm",
+    },
+    layer_prefix=r"^transformer\.layer\.(\d+)\.",
+    layer_keys={
+        "attention.q_lin": "attention.query",
+        "attention.k_lin": "attention.key",
+        "attention.v_lin": "attention.value",
+        "attention.out_lin": "attention.output",
+        "sa_layer_norm": "attention_norm",
+        "ffn.lin1": "feed_forward.up",
+        "ffn.lin2": "feed_forward.down",
+        "output_layer_norm": "output_norm",
+    },
+    prefixes=("distilbert.",),
+    ignored=r"^(vocab_transform\.|vocab_layer_norm\.|vocab_projector\.|pre_classifier\.|classifier\.|"
+            r"embeddings\.position_ids$)",
+    optimizer_model_type=None,
+)
