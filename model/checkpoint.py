@@ -109,26 +109,35 @@ def _read_dense(directory: Path, module: dict[str, Any], in_features: int) -> tu
     return config, {k: state[k] for k in expected}
 
 
-def read_pooling_config(directory: Path, config: EncoderConfig) -> tuple[PoolingConfig, list[dict[str, Tensor]]]:
+def read_pooling_config(directory: Path, config: EncoderConfig,
+                        default_mode: PoolingMode = "mean") -> tuple[PoolingConfig, list[dict[str, Tensor]]]:
     """sentence-transformers modules.json and its modules -> (PoolingConfig, Dense weights in order).
 
-    A plain transformers directory (no modules.json) gets mean pooling and normalisation, the common choice
-    for embedding models, and a log line saying so. A module we do not implement stops the load.
+    A plain transformers directory (no modules.json) gets the family's default pooling (mean for encoders,
+    last token for decoders) and normalisation, and a log line saying so. A module we do not implement stops
+    the load.
     """
     modules_path = directory / "modules.json"
-    max_seq_length = config.max_position_embeddings
-    st_config = directory / "sentence_bert_config.json"
-    if st_config.is_file():
-        max_seq_length = int(_read_json(st_config).get("max_seq_length") or max_seq_length)
     limit = config.max_position_embeddings
     if config.position_ids == "padding_offset":
         limit -= config.pad_token_id + 1  # RoBERTa's ids start after padding_idx
+    # sentence-transformers' own rule: sentence_bert_config.json's max_seq_length, else the tokenizer's
+    # model_max_length (what sentence-transformers 6 saves instead), never past the positions the model has.
+    st_config = directory / "sentence_bert_config.json"
+    declared = _read_json(st_config).get("max_seq_length") if st_config.is_file() else None
+    if not declared:
+        tokenizer_config = directory / "tokenizer_config.json"
+        model_max = _read_json(tokenizer_config).get("model_max_length") if tokenizer_config.is_file() else None
+        # transformers writes a huge sentinel (1e30) when the length is unknown.
+        if isinstance(model_max, int | float) and 0 < model_max < 1_000_000:
+            declared = min(int(model_max), limit)
+    max_seq_length = int(declared or limit)
     if max_seq_length > limit:
         raise CheckpointError(f"{st_config}: max_seq_length {max_seq_length} exceeds the {limit} positions "
                               f"config.json allows")
     if not modules_path.is_file():
-        log.info("%s has no modules.json: using mean pooling with normalisation", directory)
-        return PoolingConfig(mode="mean", normalize=True, max_seq_length=max_seq_length), []
+        log.info("%s has no modules.json: using %s pooling with normalisation", directory, default_mode)
+        return PoolingConfig(mode=default_mode, normalize=True, max_seq_length=max_seq_length), []
     modules = _read_json(modules_path)
     if not isinstance(modules, list):
         raise CheckpointError(f"{modules_path}: expected a list of modules")
@@ -237,7 +246,7 @@ def load_checkpoint(directory: str | Path) -> LoadedCheckpoint:
     if not directory.is_dir():
         raise CheckpointError(f"{directory}: not a directory")
     family, config = read_encoder_config(directory)
-    pooling, dense_weights = read_pooling_config(directory, config)
+    pooling, dense_weights = read_pooling_config(directory, config, family.default_pooling)  # type: ignore[arg-type]
     tokenizer_file = directory / "tokenizer.json"
     if not tokenizer_file.is_file():
         raise CheckpointError(f"{tokenizer_file}: file not found (a fast tokenizer file is required)")

@@ -57,6 +57,8 @@ class Family:
     ignored: keys we knowingly do not use (task heads, buffers), matched after stripping.
     optimizer_model_type: onnxruntime transformer optimizer type whose fusions are exact for this family, or None.
     padding_side: the default when tokenizer_config.json does not say.
+    default_pooling: for a bare transformers directory (no modules.json): mean for encoders, the last token
+        for decoders (whose only token that has seen the whole text is the last).
     """
 
     name: str
@@ -71,6 +73,7 @@ class Family:
     ignored: str = r"^$"
     optimizer_model_type: str | None = None
     padding_side: str = "right"
+    default_pooling: str = "mean"
 
     def rename(self, hf_key: str) -> list[tuple[str, int, int]] | None:
         """One Hugging Face key -> [(our key, part, parts)]; None when ignored; [] when unknown."""

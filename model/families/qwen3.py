@@ -71,4 +71,5 @@ QWEN3 = Family(
     prefixes=("model.",),
     ignored=r"^(lm_head\.|score\.|rotary_emb\.)",
     padding_side="left",
+    default_pooling="lasttoken",
 )
