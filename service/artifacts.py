@@ -20,8 +20,8 @@ logger = logging.getLogger(__name__)
 SUPPORTED_FORMAT_VERSION = 1
 _REQUIRED_KEYS = ("model_name", "embedding_dim", "pooling", "max_seq_length", "graphs", "files")
 _HASH_CHUNK_BYTES = 1 << 20
-# prompt_length (pooling that leaves the prompt out) is exported by the model code but not yet fed by the runner.
-_FEEDABLE_INPUTS = frozenset({"input_ids", "attention_mask", "token_type_ids"})
+# prompt_length: (B,) prompt tokens per row, for pooling that leaves the prompt out (include_prompt=false).
+_FEEDABLE_INPUTS = frozenset({"input_ids", "attention_mask", "token_type_ids", "prompt_length"})
 
 
 @dataclass(frozen=True)
@@ -147,7 +147,7 @@ def load_manifest(directory: Path, *, verify: bool = True) -> Manifest:
     unknown = sorted(set(inputs) - _FEEDABLE_INPUTS)
     if unknown or inputs[:2] != ("input_ids", "attention_mask"):
         raise ArtifactError(f"graph inputs {list(inputs)} in {manifest_path} are not ones this server can feed "
-                            f"(input_ids, attention_mask, token_type_ids)")
+                            f"(input_ids, attention_mask, token_type_ids, prompt_length)")
     padding_side = raw.get("padding_side", "right")
     if padding_side not in ("left", "right"):
         raise ArtifactError(f"padding_side {padding_side!r} in {manifest_path} must be 'left' or 'right'")

@@ -74,6 +74,21 @@ class BatchObserver(Protocol):
 class BatchItem:
     token_ids: np.ndarray  # 1-D int64
     graph: str = "embed"  # batches never mix graphs
+    prompt_length: int = 0  # prompt tokens at the start, fed to models that pool without them
+
+
+class TokenRow(np.ndarray):
+    """A row as the runner receives it: 1-D int64 token ids that also carry `prompt_length`, the prompt tokens at
+    their start (fed to models that pool without the prompt). An ndarray subclass, so a runner that wants only
+    the ids treats it as the plain array it is."""
+
+    prompt_length: int = 0
+
+    @classmethod
+    def of(cls, token_ids: np.ndarray, prompt_length: int = 0) -> TokenRow:
+        row = np.ascontiguousarray(token_ids, dtype=np.int64).view(cls)
+        row.prompt_length = prompt_length
+        return row
 
 
 @dataclass(frozen=True)
@@ -319,7 +334,7 @@ class Batcher:
         if admission._batcher is not self:
             raise ValueError("admission belongs to another batcher")
         try:
-            rows = [np.ascontiguousarray(item.token_ids, dtype=np.int64) for item in items]
+            rows = [TokenRow.of(item.token_ids, item.prompt_length) for item in items]
             if any(row.ndim != 1 or row.size == 0 for row in rows):
                 raise ValueError("token_ids must be non-empty 1-D arrays")
             admission._take(len(items))

@@ -186,7 +186,7 @@ class Engine:
             self.metrics.observe_stage("tokenize", tokenize_s)
             self._check_tokens(encoded, options)
             graph = ATTENTION if options.attention else TOKENS if options.token_embeddings else EMBED
-            items = [BatchItem(e.ids, graph) for e in encoded]
+            items = [BatchItem(e.ids, graph, e.prompt_length) for e in encoded]
             outcomes = await self.batcher.submit(admission, items)
         queue_ms, inference_ms = self._raise_on_failure(outcomes)
         self.metrics.observe_stage("queue", queue_ms / 1000)

@@ -198,7 +198,12 @@ class OnnxRunner:
         groups: list[list[np.ndarray]] = [id_rows]
         if graph == ATTENTION:
             groups = self._attention_groups(id_rows)
-        return Prepared(graph, tuple(self._pad(group) for group in groups))
+        prompt_lengths = [int(getattr(r, "prompt_length", 0)) for r in rows]
+        chunks, start = [], 0
+        for group in groups:
+            chunks.append(self._pad(group, prompt_lengths[start:start + len(group)]))
+            start += len(group)
+        return Prepared(graph, tuple(chunks))
 
     def execute(self, prepared: Prepared) -> list[RowResult]:
         """Run each chunk and cut every row back to its real length; one result per row, in order."""
@@ -234,7 +239,7 @@ class OnnxRunner:
         rounded = -(-longest // m) * m
         return max(longest, min(rounded, self.manifest.max_seq_length))
 
-    def _pad(self, rows: list[np.ndarray]) -> _Chunk:
+    def _pad(self, rows: list[np.ndarray], prompt_lengths: Sequence[int] = ()) -> _Chunk:
         """Feeds for exactly the graph's inputs; rows padded on the model's side (left for decoders, so that
         every row's last token sits in the last column)."""
         lengths = tuple(len(r) for r in rows)
@@ -248,6 +253,8 @@ class OnnxRunner:
         feeds = {"input_ids": input_ids, "attention_mask": attention_mask}
         if "token_type_ids" in self.manifest.inputs:
             feeds["token_type_ids"] = np.zeros_like(input_ids)
+        if "prompt_length" in self.manifest.inputs:
+            feeds["prompt_length"] = np.array(list(prompt_lengths) or [0] * len(rows), dtype=np.int64)  # (B,)
         return _Chunk(feeds, lengths)
 
     def _attention_groups(self, rows: list[np.ndarray]) -> list[list[np.ndarray]]:

@@ -54,6 +54,9 @@ class Encoded:
     original_token_count: int
     char_count: int
     token_source: Callable[[], tuple[Token, ...]] = field(repr=False, compare=False, default=tuple)
+    # Tokens of the prompt at the start (sentence-transformers' count: the prompt's tokens with specials, less
+    # the closing one), for models that leave the prompt out of pooling; 0 without a prompt.
+    prompt_length: int = 0
 
     @functools.cached_property
     def tokens(self) -> tuple[Token, ...]:
@@ -134,6 +137,7 @@ class TextTokenizer:
         raw = self._tok.encode_batch(capped, add_special_tokens=False)
         # A prompt's own tokens are not content: "query: " + "   " is as empty as "   " (decided once per call).
         prefix_tokens = len(self._tok.encode(prefix, add_special_tokens=False).ids) if prefix else 0
+        prompt_length = len(self._tok.encode(prefix, add_special_tokens=True).ids) - 1 if prefix else 0
         out: list[Encoded] = []
         budget = self.content_budget
         for j, (text, enc) in enumerate(zip(capped, raw, strict=True)):
@@ -161,7 +165,7 @@ class TextTokenizer:
                 truncated = True
             if add_special_tokens:
                 enc = self._tok.post_process(enc, add_special_tokens=True)
-            out.append(self._to_encoded(text, enc, truncated, original))
+            out.append(self._to_encoded(text, enc, truncated, original, prompt_length if add_special_tokens else 0))
         return out
 
     def encode_ids(self, ids_list: Sequence[Sequence[int]], policy: TruncationPolicy,
@@ -217,7 +221,7 @@ class TextTokenizer:
         return await loop.run_in_executor(executor, functools.partial(self.encode_batch, texts, policy, **options))
 
     @staticmethod
-    def _to_encoded(text: str, enc: Encoding, truncated: bool, original: int) -> Encoded:
+    def _to_encoded(text: str, enc: Encoding, truncated: bool, original: int, prompt_length: int = 0) -> Encoded:
         ids = np.asarray(enc.ids, dtype=np.int64)
 
         def source() -> tuple[Token, ...]:
@@ -228,7 +232,7 @@ class TextTokenizer:
                 )
             )
 
-        return Encoded(ids, truncated, len(ids), original, len(text), source)
+        return Encoded(ids, truncated, len(ids), original, len(text), source, prompt_length)
 
 
 def _check_encodable(text: str, index: int) -> None:
