@@ -207,6 +207,7 @@ def run_export(options: ExportOptions) -> Path:
                        for name in graphs},
             "fused_operators": fused_ops,
             "special_tokens": special,
+            "token_style": tokenizer_info.token_style(tokenizer),
             "versions": library_versions(),
             "export": {"inputs_sha256": fingerprint, "created_by": "python -m export",
                        "validation_sentences": len(SENTENCES)},

@@ -64,3 +64,27 @@ def padding_side(model_dir: Path, default: str) -> str:
     if side not in ("left", "right"):
         raise CheckpointError(f"{model_dir / 'tokenizer_config.json'}: padding_side must be 'left' or 'right'")
     return str(side)
+
+
+def token_style(tokenizer: Tokenizer) -> str:
+    """How the vocabulary spells word boundaries, for displaying tokens: "wordpiece" (continuations start with
+    ##), "metaspace" (SentencePiece: word starts with U+2581), "byte_level" (GPT-2 bytes: a space is Ġ and
+    every byte is a printable character), or "other"."""
+    raw = json.loads(tokenizer.to_str())
+
+    def kinds(node: Any) -> set[str]:
+        if isinstance(node, dict):
+            found = {str(node.get("type", ""))}
+            for child in node.get("pretokenizers", []) or []:
+                found |= kinds(child)
+            return found
+        return set()
+
+    found = kinds(raw.get("pre_tokenizer")) | kinds(raw.get("decoder"))
+    if "ByteLevel" in found:
+        return "byte_level"
+    if "Metaspace" in found:
+        return "metaspace"
+    if (raw.get("model") or {}).get("type") == "WordPiece" or "WordPiece" in found:
+        return "wordpiece"
+    return "other"

@@ -36,6 +36,8 @@ const state = {
   similarity: null, // {labels, values: number[][]}
   cache: new Map(), // sentence text -> {tokens, att}
   seq: 0,
+  tokenStyle: "wordpiece", // how the model's vocabulary spells word starts (/info token_style)
+  promptChars: 0, // characters of the default prompt the server prepends (token offsets count them)
   busy: false, // a request is in flight: a redraw (resize, click) must not declare the page ready
   renders: 0,
 };
@@ -87,8 +89,63 @@ function maxOf(values) {
   return m;
 }
 
+// GPT-2's byte-level alphabet: each byte is spelled as one printable character (space = "Ġ", newline = "Ċ").
+const BYTE_OF_CHAR = (() => {
+  const printable = [];
+  for (let b = 33; b <= 126; b++) printable.push(b);
+  for (let b = 161; b <= 172; b++) printable.push(b);
+  for (let b = 174; b <= 255; b++) printable.push(b);
+  const map = new Map(printable.map((b) => [String.fromCharCode(b), b]));
+  let extra = 0;
+  for (let b = 0; b < 256; b++) if (!printable.includes(b)) map.set(String.fromCharCode(256 + extra++), b);
+  return map;
+})();
+const UTF8 = new TextDecoder("utf-8", { fatal: true });
+
+// A byte-level token as the text it stands for; a piece of a multi-byte character (half an emoji) stays spelled.
+function decodeByteLevel(text) {
+  const bytes = [];
+  for (const ch of text) {
+    const b = BYTE_OF_CHAR.get(ch);
+    if (b === undefined) return text;
+    bytes.push(b);
+  }
+  try {
+    return UTF8.decode(new Uint8Array(bytes));
+  } catch {
+    return text;
+  }
+}
+
+// Where a token begins a word: SentencePiece marks it with "▁", byte-level BPE with a leading space (Ġ);
+// WordPiece marks the opposite, continuations with "##".
+function isWordStart(tok) {
+  const text = tok.text ?? "";
+  if (tok.special) return false;
+  if (state.tokenStyle === "metaspace") return text.startsWith("\u2581");
+  if (state.tokenStyle === "byte_level") return text.startsWith("\u0120");
+  return false;
+}
+
+// The characters a token covers in the current sentence (offsets count code points of prompt + text).
+function sourceSpan(tok) {
+  if (tok.start == null || tok.end == null || tok.end <= tok.start) return null;
+  const chars = Array.from(state.sentences[state.sentence] ?? "");
+  const start = tok.start - state.promptChars;
+  const end = tok.end - state.promptChars;
+  return start >= 0 && end <= chars.length ? chars.slice(start, end).join("") : null;
+}
+
 function tokenLabel(tok) {
-  const text = (tok.text ?? "").trim();
+  let text = tok.text ?? "";
+  if (!tok.special && state.tokenStyle === "metaspace") text = text.replaceAll("\u2581", " ");
+  if (!tok.special && state.tokenStyle === "byte_level") {
+    const decoded = decodeByteLevel(text);
+    // A piece of a multi-byte character (a CJK character or emoji split over tokens) is shown as the whole
+    // character it belongs to.
+    text = decoded !== text || /^[\x21-\x7e\u0120]*$/.test(text) ? decoded : sourceSpan(tok) ?? text;
+  }
+  text = text.trim();
   return text || `#${tok.id}`;
 }
 
@@ -100,7 +157,8 @@ function renderTokens() {
   state.tokens.forEach((tok, i) => {
     const chip = document.createElement("button");
     chip.type = "button";
-    chip.className = `chip${tok.special ? " special" : ""}${i === state.focus ? " selected" : ""}`;
+    chip.className = `chip${tok.special ? " special" : ""}${isWordStart(tok) ? " word-start" : ""}` +
+      `${i === state.focus ? " selected" : ""}`;
     chip.textContent = tokenLabel(tok);
     chip.dataset.index = String(i);
     chip.title = `#${i} · id ${tok.id}${tok.special ? " · special" : ` · chars ${tok.start}–${tok.end}`}`;
@@ -493,6 +551,18 @@ async function loadInfo() {
     const parts = [name];
     if (layers && heads) parts.push(`${layers} layers × ${heads} heads`);
     if (dim) parts.push(`dim ${dim}`);
+    state.tokenStyle = info.token_style ?? "wordpiece";
+    const defaultPrompt = info.default_prompt_name ? info.prompts?.[info.default_prompt_name] : null;
+    state.promptChars = defaultPrompt ? Array.from(defaultPrompt).length : 0;
+    const pattern = info.attention_pattern ?? {};
+    if (pattern.causal) parts.push("causal: each token sees only itself and earlier tokens (upper triangle is 0)");
+    if (pattern.local_layers?.length) {
+      parts.push(`local window ±${Math.floor(pattern.local_window / 2)} tokens on layers ` +
+        `${pattern.local_layers.join(", ")} (0 outside it); the other layers are global`);
+    }
+    if (pattern.num_kv_heads && heads && pattern.num_kv_heads < heads) {
+      parts.push(`${pattern.num_kv_heads} key/value heads shared by ${heads} query heads`);
+    }
     $("#model-info").textContent = parts.join(" · ");
   } catch (err) {
     $("#model-info").textContent = "model info unavailable";
@@ -533,8 +603,10 @@ function init() {
   canvas.addEventListener("mouseleave", onHeatmapLeave);
   canvas.addEventListener("click", onHeatmapClick);
   window.addEventListener("resize", debounce(render, 120));
-  loadInfo();
-  if ($("#input").value.trim()) run(); // show the example at once; a later run supersedes it (state.seq)
+  // The example runs once /info is in: token labels depend on the model's tokenizer style.
+  loadInfo().finally(() => {
+    if ($("#input").value.trim()) run(); // a later run supersedes it (state.seq)
+  });
 }
 
 init();
