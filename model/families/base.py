@@ -32,6 +32,25 @@ def refuse_unless(raw: dict[str, Any], key: str, allowed: tuple[Any, ...], path:
         raise CheckpointError(f"{path}: unsupported {key}={value!r} (supported: {', '.join(map(repr, allowed))})")
 
 
+def sizes(raw: dict[str, Any], path: Path, *, hidden: str = "hidden_size", layers: str = "num_hidden_layers",
+          heads: str = "num_attention_heads", intermediate: str = "intermediate_size") -> dict[str, int]:
+    """The five sizes every family states, under its own key names."""
+    keys = {"vocab_size": "vocab_size", "hidden_size": hidden, "num_layers": layers, "num_heads": heads,
+            "intermediate_size": intermediate}
+    try:
+        return {ours: int(require(raw, theirs, path)) for ours, theirs in keys.items()}
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{path}: {exc}") from exc
+
+
+def make_config(path: Path, **fields: Any) -> EncoderConfig:
+    """EncoderConfig(**fields), its validation errors reported against the config file."""
+    try:
+        return EncoderConfig(**fields)
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{path}: {exc}") from exc
+
+
 # Hugging Face activation names -> ours.
 ACTIVATIONS = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "relu": "relu",
                "silu": "silu", "swish": "silu"}

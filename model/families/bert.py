@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from model.config import EncoderConfig
-from model.families.base import CheckpointError, Family, activation, refuse_unless, require
+from model.families.base import CheckpointError, Family, activation, refuse_unless, sizes
 
 _LAYER_KEYS = {
     "attention.self.query": "attention.query",
@@ -36,11 +36,7 @@ def _read(raw: dict[str, Any], path: Path, *, roberta: bool) -> EncoderConfig:
     refuse_unless(raw, "position_embedding_type", ("absolute",), path)
     try:
         return EncoderConfig(
-            vocab_size=int(require(raw, "vocab_size", path)),
-            hidden_size=int(require(raw, "hidden_size", path)),
-            num_layers=int(require(raw, "num_hidden_layers", path)),
-            num_heads=int(require(raw, "num_attention_heads", path)),
-            intermediate_size=int(require(raw, "intermediate_size", path)),
+            **sizes(raw, path),
             max_position_embeddings=int(raw.get("max_position_embeddings", 512)),
             type_vocab_size=int(raw.get("type_vocab_size", 2)),
             layer_norm_eps=float(raw.get("layer_norm_eps", 1e-12)),

@@ -6,18 +6,14 @@ from pathlib import Path
 from typing import Any
 
 from model.config import EncoderConfig
-from model.families.base import CheckpointError, Family, activation, require
+from model.families.base import CheckpointError, Family, activation, sizes
 
 
 def _read(raw: dict[str, Any], path: Path) -> EncoderConfig:
     # sinusoidal_pos_embds=True only changes how the position table is initialised; it is saved as weights.
     try:
         return EncoderConfig(
-            vocab_size=int(require(raw, "vocab_size", path)),
-            hidden_size=int(require(raw, "dim", path)),
-            num_layers=int(require(raw, "n_layers", path)),
-            num_heads=int(require(raw, "n_heads", path)),
-            intermediate_size=int(require(raw, "hidden_dim", path)),
+            **sizes(raw, path, hidden="dim", layers="n_layers", heads="n_heads", intermediate="hidden_dim"),
             max_position_embeddings=int(raw.get("max_position_embeddings", 512)),
             type_vocab_size=0,
             layer_norm_eps=1e-12,  # hard-coded in transformers' DistilBERT

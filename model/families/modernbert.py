@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from model.config import EncoderConfig
-from model.families.base import CheckpointError, Family, activation, require
+from model.families.base import CheckpointError, Family, activation, require, sizes
 from model.families.rope import global_local_theta
 
 
@@ -42,11 +42,7 @@ def _read(raw: dict[str, Any], path: Path) -> EncoderConfig:
     global_theta, local_theta = global_local_theta(raw, path, (160_000.0, 10_000.0))
     try:
         return EncoderConfig(
-            vocab_size=int(require(raw, "vocab_size", path)),
-            hidden_size=int(require(raw, "hidden_size", path)),
-            num_layers=num_layers,
-            num_heads=int(require(raw, "num_attention_heads", path)),
-            intermediate_size=int(require(raw, "intermediate_size", path)),
+            **sizes(raw, path),
             max_position_embeddings=int(raw.get("max_position_embeddings", 8192)),
             type_vocab_size=0,
             layer_norm_eps=float(raw.get("norm_eps", 1e-5)),

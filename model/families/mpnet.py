@@ -6,17 +6,13 @@ from pathlib import Path
 from typing import Any
 
 from model.config import EncoderConfig
-from model.families.base import CheckpointError, Family, activation, require
+from model.families.base import CheckpointError, Family, activation, sizes
 
 
 def _read(raw: dict[str, Any], path: Path) -> EncoderConfig:
     try:
         return EncoderConfig(
-            vocab_size=int(require(raw, "vocab_size", path)),
-            hidden_size=int(require(raw, "hidden_size", path)),
-            num_layers=int(require(raw, "num_hidden_layers", path)),
-            num_heads=int(require(raw, "num_attention_heads", path)),
-            intermediate_size=int(require(raw, "intermediate_size", path)),
+            **sizes(raw, path),
             max_position_embeddings=int(raw.get("max_position_embeddings", 514)),
             type_vocab_size=0,
             layer_norm_eps=float(raw.get("layer_norm_eps", 1e-12)),

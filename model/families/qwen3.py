@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from model.config import EncoderConfig
-from model.families.base import CheckpointError, Family, activation, require
+from model.families.base import CheckpointError, Family, activation, require, sizes
 from model.families.rope import single_theta
 
 
@@ -21,11 +21,7 @@ def _read(raw: dict[str, Any], path: Path) -> EncoderConfig:
     try:
         heads = int(require(raw, "num_attention_heads", path))
         return EncoderConfig(
-            vocab_size=int(require(raw, "vocab_size", path)),
-            hidden_size=int(require(raw, "hidden_size", path)),
-            num_layers=int(require(raw, "num_hidden_layers", path)),
-            num_heads=heads,
-            intermediate_size=int(require(raw, "intermediate_size", path)),
+            **sizes(raw, path),
             max_position_embeddings=int(raw.get("max_position_embeddings", 32768)),
             type_vocab_size=0,
             layer_norm_eps=float(raw.get("rms_norm_eps", 1e-6)),
