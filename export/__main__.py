@@ -36,7 +36,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--force", action="store_true", help="export even if the artifacts are up to date")
     parser.add_argument("--skip-variants", action="store_true",
                         help="only the fp32, fp32-fused and attention graphs (fast, tests)")
-    parser.add_argument("--int8-min-cosine", type=float, default=0.99, help="fail below this int8 mean cosine")
+    parser.add_argument("--int8-min-cosine", type=float, default=0.99,
+                        help="leave the int8 variant out below this mean cosine vs fp32")
     return parser.parse_args(argv)
 
 

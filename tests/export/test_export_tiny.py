@@ -105,3 +105,12 @@ def test_export_is_deterministic(tiny_artifact_dir: Path, tiny_checkpoint_dir: P
     first = json.loads((tiny_artifact_dir / "manifest.json").read_text())["files"]
     second = json.loads((again / "manifest.json").read_text())["files"]
     assert first == second  # every graph, the tokenizer: byte for byte
+
+
+def test_a_too_lossy_int8_is_dropped_not_fatal(tiny_checkpoint_dir: Path, tmp_path: Path) -> None:
+    out = run_export(ExportOptions(model_dir=tiny_checkpoint_dir, out_dir=tmp_path / "strict", model_name="tiny-bert",
+                                   int8_min_cosine=1.01))  # no int8 graph reaches a cosine above 1
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert "int8" not in manifest["graphs"] and not (out / "model_int8.onnx").exists()
+    assert "int8" in manifest["dropped_variants"] and "fp16" in manifest["graphs"]
+    assert "model_int8.onnx" not in manifest["files"]
