@@ -161,6 +161,8 @@ def test_compose_profile_renders(compose: list[str], profile: str) -> None:
     if profile == "gpu":
         assert devices and devices[0]["driver"] == "nvidia" and "gpu" in devices[0]["capabilities"]
         assert svc["environment"]["EMBED_REQUIRE_GPU"] == "true"
+        # fp16 is opt-in until a GPU run validates it (docs/deployment.md).
+        assert svc["environment"]["EMBED_GRAPH_VARIANT"] == "fp32"
     else:
         assert not devices
     lb_mounts = {m["target"] for m in services["lb"]["volumes"]}
@@ -320,6 +322,7 @@ def test_k8s_cross_checks(kubectl: str, target: str) -> None:
         assert gpu_requested
     if target == "overlays/gpu":
         assert settings["EMBED_PROVIDER"] == "cuda" and settings["EMBED_REQUIRE_GPU"] == "true"
+        assert settings["EMBED_GRAPH_VARIANT"] == "fp32"  # fp16 is opt-in until a GPU run validates it
         assert container["image"].endswith(":gpu")
         assert any(t["key"] == "nvidia.com/gpu" for t in pod["tolerations"])
 

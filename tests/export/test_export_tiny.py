@@ -75,6 +75,10 @@ def test_manifest_describes_and_checksums_everything(tiny_artifact_dir: Path) ->
         assert manifest["graphs"][key]["parity"]["max_abs_diff_sentence_vs_torch"] <= 1e-4
     assert manifest["graphs"]["attention"]["parity"]["max_abs_diff_attentions_vs_torch"] <= 1e-5
     assert {"mean_cosine_vs_fp32", "min_cosine_vs_fp32"} <= set(manifest["graphs"]["int8"]["parity"])
+    # fp16 is for CUDA; on the CPU its interface is checked and, where CPU kernels run it, its vectors.
+    fp16 = manifest["graphs"]["fp16"]["parity"]
+    assert fp16["interface_matches_manifest"] is True
+    assert fp16.get("cpu_min_cosine_vs_torch", 1.0) >= 0.999 or "not runnable" in fp16.get("cpu", "")
     for key in ("fp32", "fp32-fused", "attention", "int8"):
         assert manifest["graphs"][key]["latency_ms"]["median"] > 0
     assert {"torch", "onnx", "onnxruntime", "tokenizers"} <= set(manifest["versions"])
@@ -114,3 +118,26 @@ def test_a_too_lossy_int8_is_dropped_not_fatal(tiny_checkpoint_dir: Path, tmp_pa
     assert "int8" not in manifest["graphs"] and not (out / "model_int8.onnx").exists()
     assert "int8" in manifest["dropped_variants"] and "fp16" in manifest["graphs"]
     assert "model_int8.onnx" not in manifest["files"]
+
+
+def test_an_fp16_graph_with_the_wrong_interface_fails_validation(tiny_artifact_dir: Path, tmp_path: Path) -> None:
+    import onnx
+
+    from export.validate import validate_fp16_on_cpu
+
+    model = onnx.load(str(tiny_artifact_dir / "model_fp16.onnx"))
+    model.graph.output[1].type.tensor_type.elem_type = onnx.TensorProto.FLOAT16  # as if keep_io_types were off
+    broken = tmp_path / "model_fp16.onnx"
+    onnx.save(model, str(broken))
+    failures: list[str] = []
+    figures = validate_fp16_on_cpu(broken, _tiny_batches(tiny_artifact_dir), [], failures)
+    assert figures["interface_matches_manifest"] is False and failures and "fp16" in failures[0]
+
+
+def _tiny_batches(artifact: Path) -> list:
+    from tokenizers import Tokenizer
+
+    from export.validate import make_batches
+
+    tokenizer = Tokenizer.from_file(str(artifact / "tokenizer.json"))
+    return make_batches(tokenizer, ("one sentence", "and another one"), 32, sizes=(2,))
