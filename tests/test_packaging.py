@@ -1,0 +1,69 @@
+"""The project installs as a package: pins equal to the requirement files, a wheel with every module and the
+page, and an `encoder-serve` command whose `info` lists every setting."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+import tomllib
+import zipfile
+from pathlib import Path
+
+from service.settings import Settings
+from tests.conftest import REPO
+
+
+def _pins(name: str) -> list[str]:
+    lines = (REPO / "requirements" / name).read_text().splitlines()
+    return [line.strip() for line in lines if line.strip() and not line.startswith(("#", "-r"))]
+
+
+def _project() -> dict:
+    return tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+
+
+def test_package_pins_are_the_requirement_files() -> None:
+    project = _project()
+    assert project["dependencies"] == _pins("serve.txt")
+    assert project["optional-dependencies"]["export"] == _pins("export.txt")
+    gpu = {p for p in _pins("serve-gpu.txt") if p.startswith("onnxruntime")}
+    assert set(project["optional-dependencies"]["gpu"]) == gpu
+    assert set(project["optional-dependencies"]["test"]) <= set(_pins("test.txt"))
+    assert project["scripts"]["encoder-serve"] == "service.cli:main"
+
+
+def test_wheel_holds_every_module_the_page_and_the_command(tmp_path: Path) -> None:
+    source = tmp_path / "src"
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, source / name)
+    for package in ("service", "model", "export"):
+        shutil.copytree(REPO / package, source / package, ignore=shutil.ignore_patterns("__pycache__"))
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
+                    str(tmp_path / "dist"), str(source)], check=True, timeout=300)
+    (wheel,) = (tmp_path / "dist").glob("encoder_serve-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for module in ("service/cli.py", "service/static/index.html", "model/families/qwen3.py", "export/models.py"):
+        assert module in names, module
+    assert not any(n.startswith("tests/") for n in names)
+    meta = next(n for n in names if n.endswith("entry_points.txt"))
+    assert "encoder-serve = service.cli:main" in zipfile.ZipFile(wheel).read(meta).decode()
+    requires = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("METADATA"))).decode()
+    assert "Requires-Dist: onnxruntime==1.31.1" in requires
+    assert re.search(r"Requires-Dist: torch==2\.13\.0; extra == \"export\"", requires)
+
+
+def test_info_lists_every_setting_with_its_default() -> None:
+    out = subprocess.run([sys.executable, "-m", "service.cli", "info"], capture_output=True, text=True, cwd=REPO,
+                         check=True, timeout=60).stdout
+    for name in Settings.model_fields:
+        assert f"EMBED_{name.upper()}" in out
+    assert re.search(r"EMBED_PORT\s+8080", out) and re.search(r"EMBED_GRAPH_VARIANT\s+fp32", out)
+
+
+def test_unknown_subcommand_is_a_usage_error() -> None:
+    done = subprocess.run([sys.executable, "-m", "service.cli", "launch"], capture_output=True, text=True, cwd=REPO,
+                          timeout=60)
+    assert done.returncode == 2 and "invalid choice" in done.stderr
