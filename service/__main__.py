@@ -18,7 +18,7 @@ import uvicorn
 from service.app import begin_drain, build_core, create_app
 from service.errors import ServiceError
 from service.logs import configure_logging
-from service.protocol import header_deadline_protocol
+from service.protocol import http_protocol
 from service.settings import Settings
 
 logger = logging.getLogger("service")
@@ -70,15 +70,19 @@ def main() -> int:
         logger.error("start-up failed: %s", exc.message)
         return EXIT_STARTUP_FAILED
     app = create_app(settings, core=core)
+    try:
+        # The protocol keeps the load-shedding door unless CORS is on: its refusals carry no CORS headers, so
+        # then the door stays inside the app (service/api/shed.py), behind the CORS middleware.
+        http = http_protocol(settings.header_timeout_s, door=None if settings.cors_origins else app.state.services.door)
+    except ServiceError as exc:
+        logger.error("start-up failed: %s", exc.message)
+        return EXIT_STARTUP_FAILED
     config = uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
         loop="uvloop",
-        # The protocol keeps the load-shedding door unless CORS is on: its refusals carry no CORS headers, so
-        # then the door stays inside the app (service/api/shed.py), behind the CORS middleware.
-        http=header_deadline_protocol(settings.header_timeout_s,
-                                      door=None if settings.cors_origins else app.state.services.door),
+        http=http,
         lifespan="on",
         log_level=settings.log_level,
         timeout_graceful_shutdown=int(settings.graceful_timeout_s) or None,

@@ -12,23 +12,74 @@ let in; a refused one is answered here and then, as for any finished response, u
 body and keeps the connection for the next request (HTTP/1.1 keep-alive).
 
 It reaches into uvicorn's protocol callbacks (`on_message_begin`, `on_headers_complete`, `_start_asgi_task`),
-which are stable across uvicorn releases but not a public API: `tests/e2e/test_slow_clients.py`,
-`tests/e2e/test_door.py` and `tests/e2e/test_overload.py` pin the behaviour.
+which are stable across uvicorn releases but not a public API. So uvicorn is pinned exactly, and
+`http_protocol` checks at start-up that every hook is still there: a uvicorn that lacks one stops the server
+with one line naming it, rather than silently serving without the door. Without httptools at all the server
+runs on h11 with the door inside the app (`LoadShedMiddleware`) and no header deadline, and says so.
+`tests/e2e/test_slow_clients.py`, `tests/e2e/test_door.py` and `tests/e2e/test_overload.py` pin the behaviour.
 """
 
 from __future__ import annotations
 
 import asyncio
+import importlib
 import logging
 import uuid
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from starlette.types import ASGIApp
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
 from service.api.shed import COUNTED, Door
+from service.errors import ServiceError
+
+if TYPE_CHECKING:
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
 logger = logging.getLogger(__name__)
+
+HTTPTOOLS_IMPL = "uvicorn.protocols.http.httptools_impl"
+# What HeaderDeadlineProtocol overrides or calls on uvicorn's classes.
+_PROTOCOL_HOOKS = ("_start_asgi_task", "connection_made", "connection_lost", "on_message_begin",
+                   "on_headers_complete", "on_response_complete", "send_400_response")
+_CYCLE_FIELDS = ("scope", "keep_alive", "response_started", "response_complete")
+
+
+class ProtocolCheckError(ServiceError):
+    """The installed uvicorn lacks a hook the door or the header deadline needs."""
+
+
+def missing_hooks(protocol: type, cycle: type) -> list[str]:
+    """Names the door and the header deadline need that `protocol` / `cycle` do not have."""
+    missing = [f"{protocol.__name__}.{name}" for name in _PROTOCOL_HOOKS if not callable(getattr(protocol, name, None))]
+    init = getattr(cycle, "__init__", None)
+    code = getattr(init, "__code__", None)
+    assigned = set(code.co_names) if code is not None else set()
+    missing += [f"{cycle.__name__}.{name}" for name in _CYCLE_FIELDS
+                if name not in assigned and not hasattr(cycle, name)]
+    return missing
+
+
+def http_protocol(header_timeout_s: float, door: Door | None, impl: ModuleType | None = None) -> Any:
+    """uvicorn's `http=` value: our httptools protocol after checking uvicorn still has its hooks, or "h11"
+    when httptools is not installed (the door then works inside the app; there is no header deadline)."""
+    if impl is None:
+        try:
+            impl = importlib.import_module(HTTPTOOLS_IMPL)
+        except ImportError:
+            logger.warning("httptools is not installed: serving with h11; the load-shedding door runs inside the "
+                           "app and there is no header deadline (slowloris guard)")
+            return "h11"
+    missing = missing_hooks(impl.HttpToolsProtocol, impl.RequestResponseCycle)
+    if missing:
+        from importlib import metadata
+
+        raise ProtocolCheckError(
+            f"uvicorn {metadata.version('uvicorn')} lacks {', '.join(missing)}, which the load-shedding door and "
+            "the header deadline need: install the pinned uvicorn (requirements/serve.txt)"
+        )
+    return header_deadline_protocol(header_timeout_s, door, impl.HttpToolsProtocol)
 
 
 _BAD_REQUEST_BODY = orjson.dumps(
@@ -37,7 +88,8 @@ _BAD_REQUEST_BODY = orjson.dumps(
 )
 
 
-def header_deadline_protocol(header_timeout_s: float, door: Door | None = None) -> type[HttpToolsProtocol]:
+def header_deadline_protocol(header_timeout_s: float, door: Door | None = None,
+                             base: type[HttpToolsProtocol] | None = None) -> type[HttpToolsProtocol]:
     """uvicorn `http=` protocol class that closes connections whose headers take over `header_timeout_s` and,
     given a `door`, refuses inference requests the queue cannot take before they become ASGI tasks.
 
@@ -45,7 +97,10 @@ def header_deadline_protocol(header_timeout_s: float, door: Door | None = None) 
     in the one JSON error shape with an X-Request-ID, instead of uvicorn's plain-text 400.
     """
 
-    class HeaderDeadlineProtocol(HttpToolsProtocol):
+    if base is None:
+        base = importlib.import_module(HTTPTOOLS_IMPL).HttpToolsProtocol
+
+    class HeaderDeadlineProtocol(base):  # type: ignore[valid-type,misc]
         _header_timer: asyncio.TimerHandle | None = None
 
         def _start_asgi_task(self, cycle: RequestResponseCycle, app: ASGIApp) -> None:  # type: ignore[override]
