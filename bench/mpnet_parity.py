@@ -54,6 +54,7 @@ from typing import Any
 import httpx
 import numpy as np
 
+from bench.bench_serving import sentence_transformers_rate
 from bench.closed_loop import Request, closed_loop
 from bench.corpus import sentences as bench_sentences
 from bench.server_process import REPO, running_server
@@ -370,15 +371,9 @@ def attention_parity(http: httpx.Client, url: str, model_dir: Path, corpus: list
 # ---- throughput -----------------------------------------------------------------------------------------------
 
 def st_rate(model: Any, texts: list[str], batch_size: int, max_seconds: float) -> dict[str, Any]:
-    """sentence-transformers `encode` over the corpus in chunks of 128 (it length-sorts each chunk), bounded."""
-    t0 = time.perf_counter()
-    done = 0
-    while done < len(texts) and time.perf_counter() - t0 < max_seconds:
-        chunk = texts[done:done + 128]
-        model.encode(chunk, batch_size=batch_size, show_progress_bar=False)
-        done += len(chunk)
-    elapsed = time.perf_counter() - t0
-    return {"batch_size": batch_size, "sentences": done, "seconds": elapsed, "sentences_per_s": done / elapsed}
+    """bench_serving's sentence-transformers measurement (chunks of 128 here), as a report row."""
+    rate = sentence_transformers_rate(model, texts, batch_size, max_seconds, chunk_size=128)
+    return {"batch_size": batch_size, "sentences_per_s": rate}
 
 
 def served_rate(url: str, model_name: str, texts: list[str], max_seconds: float) -> dict[str, Any]:
