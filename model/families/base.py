@@ -43,14 +43,6 @@ def sizes(raw: dict[str, Any], path: Path, *, hidden: str = "hidden_size", layer
         raise CheckpointError(f"{path}: {exc}") from exc
 
 
-def make_config(path: Path, **fields: Any) -> EncoderConfig:
-    """EncoderConfig(**fields), its validation errors reported against the config file."""
-    try:
-        return EncoderConfig(**fields)
-    except (TypeError, ValueError) as exc:
-        raise CheckpointError(f"{path}: {exc}") from exc
-
-
 # Hugging Face activation names -> ours.
 ACTIVATIONS = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "relu": "relu",
                "silu": "silu", "swish": "silu"}
