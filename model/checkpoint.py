@@ -109,20 +109,12 @@ def _read_dense(directory: Path, module: dict[str, Any], in_features: int) -> tu
     return config, {k: state[k] for k in expected}
 
 
-def read_pooling_config(directory: Path, config: EncoderConfig,
-                        default_mode: PoolingMode = "mean") -> tuple[PoolingConfig, list[dict[str, Tensor]]]:
-    """sentence-transformers modules.json and its modules -> (PoolingConfig, Dense weights in order).
-
-    A plain transformers directory (no modules.json) gets the family's default pooling (mean for encoders,
-    last token for decoders) and normalisation, and a log line saying so. A module we do not implement stops
-    the load.
-    """
-    modules_path = directory / "modules.json"
+def read_max_seq_length(directory: Path, config: EncoderConfig) -> int:
+    """sentence-transformers' own rule: sentence_bert_config.json's max_seq_length, else the tokenizer's
+    model_max_length (what sentence-transformers 6 saves instead), never past the positions the model has."""
     limit = config.max_position_embeddings
     if config.position_ids == "padding_offset":
         limit -= config.pad_token_id + 1  # RoBERTa's ids start after padding_idx
-    # sentence-transformers' own rule: sentence_bert_config.json's max_seq_length, else the tokenizer's
-    # model_max_length (what sentence-transformers 6 saves instead), never past the positions the model has.
     st_config = directory / "sentence_bert_config.json"
     declared = _read_json(st_config).get("max_seq_length") if st_config.is_file() else None
     if not declared:
@@ -135,6 +127,19 @@ def read_pooling_config(directory: Path, config: EncoderConfig,
     if max_seq_length > limit:
         raise CheckpointError(f"{st_config}: max_seq_length {max_seq_length} exceeds the {limit} positions "
                               f"config.json allows")
+    return max_seq_length
+
+
+def read_pooling_config(directory: Path, config: EncoderConfig,
+                        default_mode: PoolingMode = "mean") -> tuple[PoolingConfig, list[dict[str, Tensor]]]:
+    """sentence-transformers modules.json and its modules -> (PoolingConfig, Dense weights in order).
+
+    A plain transformers directory (no modules.json) gets the family's default pooling (mean for encoders,
+    last token for decoders) and normalisation, and a log line saying so. A module we do not implement stops
+    the load.
+    """
+    modules_path = directory / "modules.json"
+    max_seq_length = read_max_seq_length(directory, config)
     if not modules_path.is_file():
         log.info("%s has no modules.json: using %s pooling with normalisation", directory, default_mode)
         return PoolingConfig(mode=default_mode, normalize=True, max_seq_length=max_seq_length), []

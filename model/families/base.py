@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from model.config import EncoderConfig
+from model.heads import ClassifierConfig, HeadRecipe, SparseConfig
 
 
 class CheckpointError(ValueError):
@@ -70,6 +71,9 @@ class Family:
     padding_side: the default when tokenizer_config.json does not say.
     default_pooling: for a bare transformers directory (no modules.json): mean for encoders, the last token
         for decoders (whose only token that has seen the whole text is the last).
+    classifier / read_classifier: where a *ForSequenceClassification head's weights are and how config.json
+        shapes it (num_labels given); None when we do not implement this family's head.
+    masked_lm / read_masked_lm: the same for a *ForMaskedLM head (SPLADE); None when not implemented.
     """
 
     name: str
@@ -85,6 +89,10 @@ class Family:
     optimizer_model_type: str | None = None
     padding_side: str = "right"
     default_pooling: str = "mean"
+    classifier: HeadRecipe | None = None
+    read_classifier: Callable[[dict[str, Any], Path, int], ClassifierConfig] | None = None
+    masked_lm: HeadRecipe | None = None
+    read_masked_lm: Callable[[dict[str, Any], Path], SparseConfig] | None = None
 
     def rename(self, hf_key: str) -> list[tuple[str, int, int]] | None:
         """One Hugging Face key -> [(our key, part, parts)]; None when ignored; [] when unknown."""

@@ -11,6 +11,7 @@ from typing import Any
 
 from model.config import EncoderConfig
 from model.families.base import CheckpointError, Family, activation, refuse_unless, sizes
+from model.heads import TIED_TO_WORD_EMBEDDINGS, ClassifierConfig, HeadRecipe, SparseConfig
 
 _LAYER_KEYS = {
     "attention.self.query": "attention.query",
@@ -56,13 +57,51 @@ def _read_roberta(raw: dict[str, Any], path: Path) -> EncoderConfig:
     return _read(raw, path, roberta=True)
 
 
+def _read_classifier(raw: dict[str, Any], path: Path, num_labels: int) -> ClassifierConfig:
+    """BertForSequenceClassification: the NSP pooler (dense + tanh on [CLS]) then `classifier`;
+    RobertaClassificationHead computes the same (dense + tanh on <s>, then out_proj) under other names."""
+    return ClassifierConfig(hidden_size=int(raw["hidden_size"]), num_labels=num_labels, pooling="cls",
+                            activation="tanh")
+
+
+def _read_masked_lm(raw: dict[str, Any], path: Path) -> SparseConfig:
+    """BertForMaskedLM's `cls.predictions`: transform (dense + hidden_act + LayerNorm), decoder + bias."""
+    try:
+        return SparseConfig(hidden_size=int(raw["hidden_size"]), vocab_size=int(raw["vocab_size"]),
+                            activation=activation(raw, "hidden_act", path),  # type: ignore[arg-type]
+                            norm_eps=float(raw.get("layer_norm_eps", 1e-12)))
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{path}: {exc}") from exc
+
+
+_BERT_CLASSIFIER = HeadRecipe({
+    "dense.weight": ("bert.pooler.dense.weight",), "dense.bias": ("bert.pooler.dense.bias",),
+    "classifier.weight": ("classifier.weight",), "classifier.bias": ("classifier.bias",),
+})
+_ROBERTA_CLASSIFIER = HeadRecipe({
+    "dense.weight": ("classifier.dense.weight",), "dense.bias": ("classifier.dense.bias",),
+    "classifier.weight": ("classifier.out_proj.weight",), "classifier.bias": ("classifier.out_proj.bias",),
+})
+# The decoder is tied to the word embeddings (transformers saves it once); its bias is saved as
+# cls.predictions.bias (tied to decoder.bias, which older checkpoints also hold).
+_BERT_MASKED_LM = HeadRecipe({
+    "transform.weight": ("cls.predictions.transform.dense.weight",),
+    "transform.bias": ("cls.predictions.transform.dense.bias",),
+    "norm.weight": ("cls.predictions.transform.LayerNorm.weight",),
+    "norm.bias": ("cls.predictions.transform.LayerNorm.bias",),
+    "decoder.weight": ("cls.predictions.decoder.weight", TIED_TO_WORD_EMBEDDINGS),
+    "decoder.bias": ("cls.predictions.bias", "cls.predictions.decoder.bias"),
+})
+
 BERT = Family(
     name="bert", model_types=("bert",), read_config=_read_bert, embedding_keys=_EMBEDDING_KEYS,
     layer_prefix=r"^encoder\.layer\.(\d+)\.", layer_keys=_LAYER_KEYS, prefixes=("bert.",), ignored=_IGNORED,
-    optimizer_model_type="bert",
+    optimizer_model_type="bert", classifier=_BERT_CLASSIFIER, read_classifier=_read_classifier,
+    masked_lm=_BERT_MASKED_LM, read_masked_lm=_read_masked_lm,
 )
 ROBERTA = Family(
     name="xlm-roberta", model_types=("roberta", "xlm-roberta"), read_config=_read_roberta,
     embedding_keys=_EMBEDDING_KEYS, layer_prefix=r"^encoder\.layer\.(\d+)\.", layer_keys=_LAYER_KEYS,
     prefixes=("roberta.",), ignored=_IGNORED, optimizer_model_type="bert",
+    classifier=_ROBERTA_CLASSIFIER, read_classifier=_read_classifier,
 )

@@ -7,6 +7,7 @@ from typing import Any
 
 from model.config import EncoderConfig
 from model.families.base import CheckpointError, Family, activation, sizes
+from model.heads import TIED_TO_WORD_EMBEDDINGS, ClassifierConfig, HeadRecipe, SparseConfig
 
 
 def _read(raw: dict[str, Any], path: Path) -> EncoderConfig:
@@ -20,6 +21,21 @@ def _read(raw: dict[str, Any], path: Path) -> EncoderConfig:
             hidden_act=activation(raw, "activation", path),  # type: ignore[arg-type]
             pad_token_id=int(raw.get("pad_token_id") or 0),
         )
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{path}: {exc}") from exc
+
+
+def _read_classifier(raw: dict[str, Any], path: Path, num_labels: int) -> ClassifierConfig:
+    """DistilBertForSequenceClassification: pre_classifier + ReLU on [CLS], then classifier."""
+    return ClassifierConfig(hidden_size=int(raw["dim"]), num_labels=num_labels, pooling="cls", activation="relu")
+
+
+def _read_masked_lm(raw: dict[str, Any], path: Path) -> SparseConfig:
+    """DistilBertForMaskedLM: vocab_transform + `activation` + vocab_layer_norm (eps 1e-12), vocab_projector."""
+    try:
+        return SparseConfig(hidden_size=int(raw["dim"]), vocab_size=int(raw["vocab_size"]),
+                            activation=activation(raw, "activation", path),  # type: ignore[arg-type]
+                            norm_eps=1e-12)
     except (TypeError, ValueError) as exc:
         raise CheckpointError(f"{path}: {exc}") from exc
 
@@ -48,4 +64,16 @@ DISTILBERT = Family(
     ignored=r"^(vocab_transform\.|vocab_layer_norm\.|vocab_projector\.|pre_classifier\.|classifier\.|"
             r"embeddings\.position_ids$)",
     optimizer_model_type=None,
+    classifier=HeadRecipe({
+        "dense.weight": ("pre_classifier.weight",), "dense.bias": ("pre_classifier.bias",),
+        "classifier.weight": ("classifier.weight",), "classifier.bias": ("classifier.bias",),
+    }),
+    read_classifier=_read_classifier,
+    masked_lm=HeadRecipe({
+        "transform.weight": ("vocab_transform.weight",), "transform.bias": ("vocab_transform.bias",),
+        "norm.weight": ("vocab_layer_norm.weight",), "norm.bias": ("vocab_layer_norm.bias",),
+        "decoder.weight": ("vocab_projector.weight", TIED_TO_WORD_EMBEDDINGS),
+        "decoder.bias": ("vocab_projector.bias",),
+    }),
+    read_masked_lm=_read_masked_lm,
 )

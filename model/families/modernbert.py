@@ -12,6 +12,7 @@ from typing import Any
 from model.config import EncoderConfig
 from model.families.base import CheckpointError, Family, activation, require, sizes
 from model.families.rope import global_local_theta
+from model.heads import ClassifierConfig, HeadRecipe
 
 
 def _global_every(raw: dict[str, Any], path: Path, num_layers: int) -> int:
@@ -64,6 +65,30 @@ def _read(raw: dict[str, Any], path: Path) -> EncoderConfig:
         raise CheckpointError(f"{path}: {exc}") from exc
 
 
+def _read_classifier(raw: dict[str, Any], path: Path, num_labels: int) -> ClassifierConfig:
+    """ModernBertForSequenceClassification: classifier_pooling (cls | mean) -> head (dense, classifier_activation,
+    LayerNorm) -> classifier, in that order (transformers' ModernBertPredictionHead)."""
+    pooling = raw.get("classifier_pooling", "cls")
+    if pooling not in ("cls", "mean"):
+        raise CheckpointError(f"{path}: unsupported classifier_pooling={pooling!r} (supported: 'cls', 'mean')")
+    try:
+        return ClassifierConfig(
+            hidden_size=int(raw["hidden_size"]), num_labels=num_labels, pooling=pooling,
+            activation=activation(raw, "classifier_activation", path),  # type: ignore[arg-type]
+            dense_bias=bool(raw.get("classifier_bias", False)), norm=True,
+            norm_eps=float(raw.get("norm_eps", 1e-5)), norm_bias=bool(raw.get("norm_bias", False)))
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{path}: {exc}") from exc
+
+
+def _classifier_recipe() -> HeadRecipe:
+    return HeadRecipe({
+        "dense.weight": ("head.dense.weight",), "dense.bias": ("head.dense.bias",),
+        "norm.weight": ("head.norm.weight",), "norm.bias": ("head.norm.bias",),
+        "classifier.weight": ("classifier.weight",), "classifier.bias": ("classifier.bias",),
+    })
+
+
 MODERNBERT = Family(
     name="modernbert",
     model_types=("modernbert",),
@@ -82,4 +107,5 @@ MODERNBERT = Family(
     final_keys={"final_norm": "final_norm"},
     prefixes=("model.",),
     ignored=r"^(head\.|decoder\.|classifier\.|drop\.)",
+    classifier=_classifier_recipe(), read_classifier=_read_classifier,
 )
