@@ -130,7 +130,7 @@ async def queue_depth(host: str, port: int) -> float:
     finally:
         writer.close()
     for line in reply.body.decode().splitlines():
-        if line.startswith("embed_queue_depth "):
+        if line.startswith("embed_queue_depth{"):  # one model: one labelled series
             return float(line.split()[1])
     return -1.0
 

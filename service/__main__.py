@@ -15,10 +15,11 @@ from types import FrameType
 
 import uvicorn
 
-from service.app import begin_drain, build_core, create_app
+from service.app import begin_drain, create_app
 from service.errors import ServiceError
 from service.logs import configure_logging
 from service.protocol import http_protocol
+from service.registry import load_models
 from service.settings import Settings
 
 logger = logging.getLogger("service")
@@ -65,15 +66,15 @@ def main() -> int:
         return EXIT_STARTUP_FAILED
     configure_logging(settings.log_level)
     try:
-        core = build_core(settings)
+        models = load_models(settings)
     except ServiceError as exc:
         logger.error("start-up failed: %s", exc.message)
         return EXIT_STARTUP_FAILED
-    app = create_app(settings, core=core)
+    app = create_app(settings, models=models)
     try:
         # The protocol keeps the load-shedding door unless CORS is on: its refusals carry no CORS headers, so
         # then the door stays inside the app (service/api/shed.py), behind the CORS middleware.
-        http = http_protocol(settings.header_timeout_s, door=None if settings.cors_origins else app.state.services.door)
+        http = http_protocol(settings.header_timeout_s, door=None if settings.cors_origins else app.state.context.door)
     except ServiceError as exc:
         logger.error("start-up failed: %s", exc.message)
         return EXIT_STARTUP_FAILED

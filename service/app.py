@@ -1,22 +1,21 @@
 """create_app(settings) and its lifespan. Nothing is built at import time.
 
-Start-up order: verify artifacts -> tokenizer -> onnxruntime sessions -> warm-up with the largest batch the
-settings allow -> start the batcher -> /ready turns 200. `python -m service` runs the synchronous part
-(`build_core`) *before* binding the port, so a missing or corrupt file ends the process with one ERROR line and
-no listener; `create_app(settings)` alone builds it in the lifespan (tests).
+Start-up order, per served model: verify artifacts -> tokenizer -> onnxruntime sessions -> warm-up with the
+largest batch its limits allow; then one registry of immutable model handles; the lifespan starts every
+model's batcher and /ready turns 200. `python -m service` loads the models (`load_models`) *before* binding the
+port, so a missing or corrupt file ends the process with one ERROR line naming the model and the file, and no
+listener; `create_app(settings)` without `models` loads them itself, synchronously.
 
 Shutdown: /ready turns 503 as soon as the signal arrives (`begin_drain`, called by __main__), uvicorn stops
-accepting and waits for in-flight requests, then the lifespan drains the batcher.
+accepting and waits for in-flight requests, then the lifespan drains every model's batcher.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,20 +27,16 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service import __version__
-from service.api.deps import Services
+from service.api.deps import AppContext, Lifecycle
 from service.api.errors import INTERNAL_ERROR_MESSAGE, error_response, family_of, install_error_handlers
 from service.api.openapi import ServedLimits, describe
 from service.api.request_ids import request_id as _request_id
+from service.api import task_routes  # noqa: F401  (registers the task routes on `inference`)
 from service.api.routes import ClientDisconnectedError, inference, probes
 from service.api.shed import INFERENCE_PATHS, Door, LoadShedMiddleware
-from service.artifacts import Manifest, load_manifest
-from service.batching import Batcher, BatcherConfig, BatchRunner
-from service.engine import Engine
-from service.faults import FaultInjectingRunner
 from service.metrics import Metrics
-from service.runner import OnnxRunner
+from service.registry import LoadedModel, build_registry, load_models
 from service.settings import Settings
-from service.tokenizer import TextTokenizer
 
 logger = logging.getLogger(__name__)
 access_logger = logging.getLogger("service.access")
@@ -49,81 +44,37 @@ access_logger = logging.getLogger("service.access")
 STATIC_DIR = Path(__file__).parent / "static"
 
 
-@dataclass(frozen=True)
-class Core:
-    """The synchronous, loop-free part of start-up: verified manifest, tokenizer, warmed sessions."""
-
-    manifest: Manifest
-    tokenizer: TextTokenizer
-    runner: OnnxRunner
-
-
-def build_core(settings: Settings) -> Core:
-    """Verify, load and warm up. Raises ArtifactError / ProviderError with a message naming the culprit."""
-    manifest = load_manifest(settings.artifact_dir)
-    vocab = manifest.raw.get("config", {}).get("vocab_size")
-    tokenizer = TextTokenizer(
-        manifest.tokenizer_path,
-        max_length=manifest.max_seq_length,
-        max_chars=settings.max_chars_per_input,
-        vocab_size=int(vocab) if vocab else None,
-    )
-    runner = OnnxRunner(manifest, settings)
-    runner.warm_up(settings.max_batch_size, settings.max_batch_tokens)
-    return Core(manifest, tokenizer, runner)
-
-
-def batcher_config(settings: Settings) -> BatcherConfig:
-    return BatcherConfig(
-        max_batch_size=settings.max_batch_size,
-        max_batch_tokens=settings.max_batch_tokens,
-        padding_slack_tokens=settings.batch_padding_slack_tokens,
-        max_wait_ms=settings.max_wait_ms,
-        max_queue_size=settings.max_queue_size,
-        queue_timeout_s=settings.queue_timeout_s,
-        watchdog_timeout_s=settings.watchdog_timeout_s,
-    )
-
-
 def begin_drain(app: FastAPI) -> None:
-    """Flip /ready to 503 at once (called from the signal handler); the batcher drains in the lifespan."""
-    services: Services = app.state.services
-    if not services.draining:
-        services.draining = True
+    """Flip /ready to 503 at once (called from the signal handler); the batchers drain in the lifespan."""
+    lifecycle: Lifecycle = app.state.context.lifecycle
+    if not lifecycle.draining:
+        lifecycle.draining = True
         logger.info("shutdown requested: /ready is now 503; draining in-flight requests")
 
 
-def create_app(settings: Settings, *, core: Core | None = None) -> FastAPI:
-    """Build the app. `core` (from `build_core`) skips re-verifying when __main__ has already done it."""
+def create_app(settings: Settings, *, models: Sequence[LoadedModel] | None = None) -> FastAPI:
+    """Build the app. `models` (from `load_models`) skips loading when __main__ has already done it."""
     metrics = Metrics()
-    services = Services(settings=settings, metrics=metrics)
-    services.door = Door(services)
+    registry = build_registry(models if models is not None else load_models(settings), settings, metrics)
+    lifecycle = Lifecycle()
+    door = Door(registry.check_capacity, lambda: lifecycle.ready, metrics)
+    context = AppContext(settings=settings, metrics=metrics, models=registry, lifecycle=lifecycle, door=door)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        built = core if core is not None else await asyncio.to_thread(build_core, settings)
-        services.manifest, services.runner = built.manifest, built.runner
-        batch_runner: BatchRunner = built.runner
-        if settings.fault_injection:
-            batch_runner = FaultInjectingRunner(built.runner, built.tokenizer, settings.fault_duration_s)
-        batcher = Batcher(batch_runner, batcher_config(settings), observer=metrics)
-        await batcher.start()
-        services.batcher = batcher
-        services.engine = Engine(built.manifest, built.tokenizer, batcher, settings, metrics, built.runner.graphs)
-        services.started_at = time.time()
-        services.ready = True
-        logger.info(
-            "ready: model=%s provider=%s graph=%s", services.served_model_name, built.runner.provider,
-            built.runner.variant,
-        )
+        await registry.start()
+        lifecycle.started_at = time.time()
+        lifecycle.ready = True
+        for handle in registry:
+            logger.info("ready: model=%s task=%s provider=%s graph=%s", handle.name, handle.task,
+                        handle.runner.provider, handle.runner.variant)
         try:
             yield
         finally:
-            services.draining = True
-            services.ready = False
-            await batcher.stop(timeout_s=settings.graceful_timeout_s)
-            services.engine.close()
-            logger.info("batcher drained; shut down")
+            lifecycle.draining = True
+            lifecycle.ready = False
+            await registry.stop(timeout_s=settings.graceful_timeout_s)
+            logger.info("every model's batcher drained; shut down")
 
     app = FastAPI(
         title="encoder-serve",
@@ -132,7 +83,7 @@ def create_app(settings: Settings, *, core: Core | None = None) -> FastAPI:
         docs_url="/docs",
         redoc_url=None,
     )
-    app.state.services = services
+    app.state.context = context
     app.include_router(probes)
     app.include_router(inference)
     install_error_handlers(app)
@@ -146,8 +97,8 @@ def create_app(settings: Settings, *, core: Core | None = None) -> FastAPI:
     app.add_exception_handler(ClientDisconnectedError, on_disconnect)
     app.add_exception_handler(ClientDisconnect, on_disconnect)  # gone while its body was being read
     _mount_explorer(app)
-    _describe_bodies(app)
-    app.add_middleware(LoadShedMiddleware, door=services.door)
+    _describe_bodies(app, context)
+    app.add_middleware(LoadShedMiddleware, door=door)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,
@@ -160,21 +111,17 @@ def create_app(settings: Settings, *, core: Core | None = None) -> FastAPI:
     return app
 
 
-def _describe_bodies(app: FastAPI) -> None:
-    """Bodies, replies and errors into /openapi.json; with the served model's limits once it is loaded."""
+def _describe_bodies(app: FastAPI, context: AppContext) -> None:
+    """Bodies, replies and errors into /openapi.json, with the default model's limits."""
     base = app.openapi
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            services: Services = app.state.services
-            m, s = services.manifest, services.settings
-            limits = None
-            if m is not None and services.engine is not None:
-                vocab = services.engine.tokenizer.vocab_size  # the manifest's, else the tokenizer's own
-                limits = ServedLimits(m.embedding_dim, m.num_layers, m.num_heads, s.max_inputs_per_request, vocab)
-            schema = describe(base(), limits)  # base() caches FastAPI's document in app.openapi_schema
-            app.openapi_schema = schema if limits is not None else None  # no model yet: rebuild with limits later
-            return schema
+            handle = context.models.default
+            m = handle.manifest
+            limits = ServedLimits(m.embedding_dim, m.num_layers, m.num_heads, context.settings.max_inputs_per_request,
+                                  handle.tokenizer.vocab_size)
+            app.openapi_schema = describe(base(), limits)  # base() caches FastAPI's document first
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from service.errors import ArtifactError
 
 logger = logging.getLogger(__name__)
@@ -21,7 +23,10 @@ SUPPORTED_FORMAT_VERSION = 1
 _REQUIRED_KEYS = ("model_name", "embedding_dim", "pooling", "max_seq_length", "graphs", "files")
 _HASH_CHUNK_BYTES = 1 << 20
 # prompt_length: (B,) prompt tokens per row, for pooling that leaves the prompt out (include_prompt=false).
-_FEEDABLE_INPUTS = frozenset({"input_ids", "attention_mask", "token_type_ids", "prompt_length"})
+# top_k: [1], how many of a sparse model's largest vocabulary weights its graph returns.
+_FEEDABLE_INPUTS = frozenset({"input_ids", "attention_mask", "token_type_ids", "prompt_length", "top_k"})
+# What a model's graphs compute (docs/contract.md §1, "Task heads"); manifests before tasks existed are "embed".
+TASKS = ("embed", "rerank", "classify", "sparse")
 
 
 @dataclass(frozen=True)
@@ -58,6 +63,10 @@ class Manifest:
     # sentence-transformers prompts (config_sentence_transformers.json): name -> text prepended to an input.
     prompts: dict[str, str] = field(default_factory=dict)
     default_prompt_name: str | None = None
+    task: str = "embed"
+    labels: tuple[str, ...] = ()
+    # Per-dimension (min, max) of the model's embeddings over the export's calibration texts, for int8/uint8.
+    quantization_ranges: tuple[np.ndarray, np.ndarray] | None = field(default=None, repr=False)  # rerank / classify: label names in logit order (config.json id2label)
     raw: dict[str, Any] = field(repr=False, default_factory=dict)
 
     def graph(self, key: str) -> GraphSpec:
@@ -147,7 +156,27 @@ def load_manifest(directory: Path, *, verify: bool = True) -> Manifest:
     unknown = sorted(set(inputs) - _FEEDABLE_INPUTS)
     if unknown or inputs[:2] != ("input_ids", "attention_mask"):
         raise ArtifactError(f"graph inputs {list(inputs)} in {manifest_path} are not ones this server can feed "
-                            f"(input_ids, attention_mask, token_type_ids, prompt_length)")
+                            f"(input_ids, attention_mask, token_type_ids, prompt_length, top_k)")
+    task = raw.get("task", "embed")
+    if task not in TASKS:
+        raise ArtifactError(f"task {task!r} in {manifest_path} is not one this server serves ({', '.join(TASKS)})")
+    labels = raw.get("labels") or []
+    if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
+        raise ArtifactError(f"'labels' in {manifest_path} must be a list of label names")
+    if task in ("rerank", "classify") and not labels:
+        raise ArtifactError(f"a {task} model needs 'labels' in {manifest_path}")
+    ranges = raw.get("quantization_ranges")
+    quantization_ranges = None
+    if ranges is not None:
+        try:
+            low = np.asarray(ranges["min"], dtype=np.float32)
+            high = np.asarray(ranges["max"], dtype=np.float32)
+        except (KeyError, TypeError, ValueError):
+            raise ArtifactError(f"'quantization_ranges' in {manifest_path} must hold 'min' and 'max' lists") from None
+        if low.shape != high.shape or low.ndim != 1 or not (high >= low).all():
+            raise ArtifactError(f"'quantization_ranges' in {manifest_path}: min and max must be equal-length "
+                                "lists with max >= min")
+        quantization_ranges = (low, high)
     padding_side = raw.get("padding_side", "right")
     if padding_side not in ("left", "right"):
         raise ArtifactError(f"padding_side {padding_side!r} in {manifest_path} must be 'left' or 'right'")
@@ -168,10 +197,13 @@ def load_manifest(directory: Path, *, verify: bool = True) -> Manifest:
         special_tokens=dict(special),
         prompts=dict(prompts),
         default_prompt_name=default_prompt_name,
+        task=str(task),
+        labels=tuple(labels),
+        quantization_ranges=quantization_ranges,
         raw=raw,
     )
     logger.info(
-        "artifact %s verified: model=%s dim=%d graphs=%s",
-        directory, manifest.model_name, manifest.embedding_dim, ",".join(sorted(graphs)),
+        "artifact %s verified: model=%s task=%s dim=%d graphs=%s",
+        directory, manifest.model_name, manifest.task, manifest.embedding_dim, ",".join(sorted(graphs)),
     )
     return manifest

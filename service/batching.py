@@ -31,7 +31,7 @@ import enum
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -75,19 +75,22 @@ class BatchItem:
     token_ids: np.ndarray  # 1-D int64
     graph: str = "embed"  # batches never mix graphs
     prompt_length: int = 0  # prompt tokens at the start, fed to models that pool without them
+    type_ids: np.ndarray | None = None  # segment ids of a text pair (rerank, pair classification); None: all 0
 
 
 class TokenRow(np.ndarray):
     """A row as the runner receives it: 1-D int64 token ids that also carry `prompt_length`, the prompt tokens at
-    their start (fed to models that pool without the prompt). An ndarray subclass, so a runner that wants only
-    the ids treats it as the plain array it is."""
+    their start (fed to models that pool without the prompt), and `type_ids`, a text pair's segment ids. An
+    ndarray subclass, so a runner that wants only the ids treats it as the plain array it is."""
 
     prompt_length: int = 0
+    type_ids: np.ndarray | None = None
 
     @classmethod
-    def of(cls, token_ids: np.ndarray, prompt_length: int = 0) -> TokenRow:
+    def of(cls, token_ids: np.ndarray, prompt_length: int = 0, type_ids: np.ndarray | None = None) -> TokenRow:
         row = np.ascontiguousarray(token_ids, dtype=np.int64).view(cls)
         row.prompt_length = prompt_length
+        row.type_ids = type_ids
         return row
 
 
@@ -103,6 +106,9 @@ class BatcherConfig:
     max_queue_size: int = 2048  # admitted inputs not yet settled
     queue_timeout_s: float = 10.0
     watchdog_timeout_s: float = 30.0
+    # The width the runner really pads a batch to, given its longest row (OnnxRunner.padded_width rounds up to
+    # a multiple of 8): the token budget is checked against it, so a 2,048-token budget never runs 2,240.
+    padded_width: Callable[[int], int] = field(default=lambda longest: longest, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.max_batch_size < 1 or self.max_batch_tokens < 1 or self.max_queue_size < 1:
@@ -312,6 +318,10 @@ class Batcher:
         if max(self._reserved, requests_at_door) >= self._cfg.max_queue_size:
             raise QueueFullError("the server is at capacity; retry later", retry_after_s=self._retry_after_s())
 
+    @property
+    def max_queue_size(self) -> int:
+        return self._cfg.max_queue_size
+
     def try_admit(self, n_items: int) -> Admission:
         """Reserve `n_items` queue slots, or raise at once: QueueFullError (429) or UnavailableError (503)."""
         if n_items < 1:
@@ -334,7 +344,7 @@ class Batcher:
         if admission._batcher is not self:
             raise ValueError("admission belongs to another batcher")
         try:
-            rows = [TokenRow.of(item.token_ids, item.prompt_length) for item in items]
+            rows = [TokenRow.of(item.token_ids, item.prompt_length, item.type_ids) for item in items]
             if any(row.ndim != 1 or row.size == 0 for row in rows):
                 raise ValueError("token_ids must be non-empty 1-D arrays")
             admission._take(len(items))
@@ -474,6 +484,7 @@ class Batcher:
         padding: that row then anchors or joins a batch of its own length instead.
         """
         cfg = self._cfg
+        width = cfg.padded_width  # the budget counts the columns the runner will really run
         cands = sorted(
             (it for it in self._pending.values() if it.graph == anchor.graph),
             key=lambda it: (it.length, it.seq),
@@ -482,11 +493,11 @@ class Batcher:
         longest, chosen, right_open = anchor.length, [anchor], True
         while len(chosen) < cfg.max_batch_size:
             n = len(chosen)
-            left = cands[lo - 1] if lo > 0 and (n + 1) * longest <= cfg.max_batch_tokens else None
+            left = cands[lo - 1] if lo > 0 and (n + 1) * width(longest) <= cfg.max_batch_tokens else None
             right = None
             if right_open and hi + 1 < len(cands):
                 right = cands[hi + 1]
-                if (n + 1) * right.length > cfg.max_batch_tokens:
+                if (n + 1) * width(right.length) > cfg.max_batch_tokens:
                     right, right_open = None, False  # every later candidate is at least as long
             if left is None and right is None:
                 break
@@ -546,7 +557,7 @@ class Batcher:
         finally:
             self._executing -= 1
         self._last_progress = time.monotonic()
-        longest = max(len(row) for row in rows)
+        longest = self._cfg.padded_width(max(len(row) for row in rows))
         real_tokens = sum(len(row) for row in rows)
         self._record_batch(batch.graph, len(rows), len(rows) * longest, real_tokens, computed)
         for it, result, failed in zip(live, computed.results, computed.failed, strict=True):

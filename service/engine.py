@@ -13,7 +13,7 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Literal, cast
@@ -29,8 +29,8 @@ from service.errors import (
     PayloadTooLargeError,
     ServiceError,
 )
-from service.metrics import Metrics
-from service.runner import ATTENTION, EMBED, TOKENS, RowResult
+from service.metrics import ModelMetrics
+from service.runner import ATTENTION, EMBED, SCORE, SPARSE, TOKENS, RowResult
 from service.settings import Settings
 from service.tokenizer import Encoded, TextTokenizer, TruncationPolicy
 
@@ -86,6 +86,21 @@ class Timings:
 
 
 @dataclass(frozen=True)
+class RowsResult:
+    """What the task heads return: one raw row result per input (logits, or sparse weights), with the costs."""
+
+    rows: list[RowResult]
+    encoded: list[Encoded]
+    timings: Timings
+    prompt_tokens: int
+    characters: int
+
+    @property
+    def truncated_indexes(self) -> list[int]:
+        return [i for i, e in enumerate(self.encoded) if e.truncated]
+
+
+@dataclass(frozen=True)
 class EncodeResult:
     items: list[ItemResult]
     timings: Timings
@@ -106,7 +121,7 @@ class Engine:
         tokenizer: TextTokenizer,
         batcher: Batcher,
         settings: Settings,
-        metrics: Metrics,
+        metrics: ModelMetrics,
         graphs: frozenset[str],
     ) -> None:
         self.manifest = manifest
@@ -211,6 +226,55 @@ class Engine:
         vectors = np.stack([it.embedding for it in result.items])  # (1 + N, D), unit length
         return [float(x) for x in np.clip(vectors[1:] @ vectors[0], -1.0, 1.0)], result
 
+    async def score_pairs(self, pairs: Sequence[tuple[str, str]], policy: TruncationPolicy, *,
+                          param: str = "texts") -> RowsResult:
+        """Raw logits of a reranker or classifier for (query, document) or (text, text) pairs, in order."""
+        self._check_count(len(pairs), param=param, limit=self._pair_limit(param))
+        return await self._run_rows(len(pairs), SCORE, lambda: self.tokenizer.aencode_pairs(
+            pairs, policy, self._executor, param=param))
+
+    async def score_texts(self, texts: Sequence[str], policy: TruncationPolicy) -> RowsResult:
+        """Raw logits of a classifier for single texts."""
+        self._check_count(len(texts))
+        return await self._run_rows(len(texts), SCORE, lambda: self.tokenizer.aencode_batch(
+            texts, policy, self._executor))
+
+    async def sparse(self, inputs: Sequence[Input], policy: TruncationPolicy,
+                     prompt_name: str | None = None) -> RowsResult:
+        """A SPLADE model's largest vocabulary weights per input (zeros included where it has fewer)."""
+        self._check_count(len(inputs))
+        prefix = self.prompt(prompt_name)
+        return await self._run_rows(len(inputs), SPARSE, lambda: self._tokenize_inputs(inputs, policy, prefix))
+
+    def _pair_limit(self, param: str) -> int:
+        return self.settings.max_documents_per_request if param in ("texts", "documents") else \
+            self.settings.max_inputs_per_request
+
+    async def _run_rows(self, n: int, graph: str,
+                        tokenize: Callable[[], Awaitable[list[Encoded]]]) -> RowsResult:
+        """Admit, tokenize, batch and wait, as `encode` does, for a head whose rows need no post-processing."""
+        started = time.perf_counter()
+        with self.batcher.try_admit(n) as admission:
+            t0 = time.perf_counter()
+            encoded = await tokenize()
+            tokenize_s = time.perf_counter() - t0
+            self.metrics.observe_stage("tokenize", tokenize_s)
+            self._check_tokens(encoded, EncodeOptions())
+            items = [BatchItem(e.ids, graph, e.prompt_length, e.type_ids) for e in encoded]
+            outcomes = await self.batcher.submit(admission, items)
+        queue_ms, inference_ms = self._raise_on_failure(outcomes)
+        self.metrics.observe_stage("queue", queue_ms / 1000)
+        self.metrics.observe_stage("inference", inference_ms / 1000)
+        rows = [cast(RowResult, o.result) for o in outcomes]
+        for row, e in zip(rows, encoded, strict=True):
+            if not np.isfinite(row.first_output()).all():
+                logger.error("non-finite %s output for an input of %d tokens", graph, e.token_count)
+                raise InferenceError()
+        total_s = time.perf_counter() - started
+        self.metrics.observe_stage("total", total_s)
+        return RowsResult(rows, encoded, Timings(tokenize_s * 1000, queue_ms, inference_ms, total_s * 1000),
+                          sum(e.token_count for e in encoded), sum(e.char_count for e in encoded))
+
     async def _tokenize_inputs(self, inputs: Sequence[Input], policy: TruncationPolicy, prefix: str) -> list[Encoded]:
         """Texts through the tokenizer (off the loop, with the prompt), token-id lists verbatim, in input order."""
         text_at = [i for i, x in enumerate(inputs) if isinstance(x, str)]
@@ -247,12 +311,12 @@ class Engine:
 
     # --- checks ---------------------------------------------------------------------------------------------
 
-    def _check_count(self, n: int) -> None:
+    def _check_count(self, n: int, *, param: str = "input", limit: int | None = None) -> None:
         if n == 0:
-            raise InvalidRequestError("input must not be empty", param="input", code="empty_input")
-        limit = self.settings.max_inputs_per_request
+            raise InvalidRequestError(f"{param} must not be empty", param=param, code="empty_input")
+        limit = limit or self.settings.max_inputs_per_request
         if n > limit:
-            raise PayloadTooLargeError(f"too many inputs: {n} > {limit}", param="input", code="too_many_inputs")
+            raise PayloadTooLargeError(f"too many {param}: {n} > {limit}", param=param, code="too_many_inputs")
 
     def _check_options(self, options: EncodeOptions) -> None:
         dim = options.dimensions

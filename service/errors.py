@@ -84,6 +84,12 @@ class ModelNotFoundError(RequestError):
     code = "model_not_found"
 
 
+class WrongTaskError(RequestError):
+    """The named model does not do what the route asks (an embedding route on a reranker, ...): 400."""
+
+    code = "unsupported_task"
+
+
 class PayloadTooLargeError(RequestError):
     code = "payload_too_large"
 

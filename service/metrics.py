@@ -2,7 +2,9 @@
 
 A registry per app (not prometheus-client's global one) lets tests build many apps in one process without
 "Duplicated timeseries" errors, and keeps /metrics to exactly what this server measures.
-`Metrics` is also the batcher's `BatchObserver`.
+Everything a model does carries a `model` label: `Metrics.for_model(name)` gives the bound view that is that
+model's batcher observer and its engine's stage timer. HTTP-level series (requests, latency, in-flight, door
+refusals) have none, because the door answers before the body that names the model is read.
 """
 
 from __future__ import annotations
@@ -30,46 +32,71 @@ class Metrics:
         self.stage_duration = Histogram(
             "embed_stage_duration_seconds",
             "Time per stage of a request (tokenize, queue, inference, total)",
-            ["stage"],
+            ["model", "stage"],
             buckets=_LATENCY_BUCKETS_S,
             registry=r,
         )
-        self.queue_depth = Gauge("embed_queue_depth", "Inputs admitted and not yet answered", registry=r)
+        self.queue_depth = Gauge("embed_queue_depth", "Inputs admitted and not yet answered", ["model"], registry=r)
         self.inflight = Gauge("embed_inflight_requests", "HTTP requests being handled", registry=r)
         self.batch_size = Histogram(
-            "embed_batch_size", "Rows per executed batch", ["graph"], buckets=_BATCH_SIZE_BUCKETS, registry=r
+            "embed_batch_size", "Rows per executed batch", ["model", "graph"], buckets=_BATCH_SIZE_BUCKETS,
+            registry=r,
         )
         self.batch_tokens = Histogram(
-            "embed_batch_tokens", "Padded tokens per executed batch", ["graph"], buckets=_BATCH_TOKEN_BUCKETS,
-            registry=r,
+            "embed_batch_tokens", "Padded tokens per executed batch", ["model", "graph"],
+            buckets=_BATCH_TOKEN_BUCKETS, registry=r,
         )
         self.rejected = Counter("embed_rejected", "Requests refused before compute, by reason", ["reason"], registry=r)
         self.cancelled = Counter(
-            "embed_cancelled_before_compute", "Inputs dropped because the client went away", registry=r
+            "embed_cancelled_before_compute", "Inputs dropped because the client went away", ["model"], registry=r
         )
-        self.queue_timeouts = Counter("embed_queue_timeouts", "Inputs that waited past the queue deadline", registry=r)
-        self.inference_failures = Counter("embed_inference_failures", "Inputs whose forward pass failed", registry=r)
+        self.queue_timeouts = Counter("embed_queue_timeouts", "Inputs that waited past the queue deadline", ["model"],
+                                      registry=r)
+        self.inference_failures = Counter("embed_inference_failures", "Inputs whose forward pass failed", ["model"],
+                                          registry=r)
+        self.resident_bytes = Gauge(
+            "embed_model_resident_bytes", "Resident memory a model added when it was loaded and warmed (estimate)",
+            ["model"], registry=r,
+        )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
 
+    def for_model(self, name: str) -> ModelMetrics:
+        return ModelMetrics(self, name)
+
+
+class ModelMetrics:
+    """One model's view of the metrics: its batcher's `BatchObserver` and its engine's stage timer."""
+
+    def __init__(self, metrics: Metrics, model: str) -> None:
+        self.model = model
+        self._stage = {stage: metrics.stage_duration.labels(model, stage)
+                       for stage in ("tokenize", "queue", "inference", "total")}
+        self._metrics = metrics
+        self._queue_depth = metrics.queue_depth.labels(model)
+        self._cancelled = metrics.cancelled.labels(model)
+        self._timeouts = metrics.queue_timeouts.labels(model)
+        self._failures = metrics.inference_failures.labels(model)
+        self.resident_bytes = metrics.resident_bytes.labels(model)
+
     def observe_stage(self, stage: str, seconds: float) -> None:
-        self.stage_duration.labels(stage).observe(max(seconds, 0.0))
+        self._stage[stage].observe(max(seconds, 0.0))
 
     # --- BatchObserver --------------------------------------------------------------------------------------
 
     def on_batch(self, graph: str, rows: int, padded_tokens: int, real_tokens: int, execute_s: float) -> None:
-        self.batch_size.labels(graph).observe(rows)
-        self.batch_tokens.labels(graph).observe(padded_tokens)
+        self._metrics.batch_size.labels(self.model, graph).observe(rows)
+        self._metrics.batch_tokens.labels(self.model, graph).observe(padded_tokens)
 
     def on_queue_depth(self, depth: int) -> None:
-        self.queue_depth.set(depth)
+        self._queue_depth.set(depth)
 
     def on_cancelled(self, n_items: int) -> None:
-        self.cancelled.inc(n_items)
+        self._cancelled.inc(n_items)
 
     def on_timed_out(self, n_items: int) -> None:
-        self.queue_timeouts.inc(n_items)
+        self._timeouts.inc(n_items)
 
     def on_failure(self, n_items: int) -> None:
-        self.inference_failures.inc(n_items)
+        self._failures.inc(n_items)

@@ -6,6 +6,11 @@ graphs in one batch) keeps cheap and expensive work apart and each batch fetches
     "embed"      configured variant (fp32/int8/fp16) -> sentence_embedding
     "tokens"     configured variant                  -> sentence_embedding + last_hidden_state
     "attention"  model_attention.onnx (unfused)      -> the above + attentions
+    "score"      configured variant of a reranker or classifier -> logits (B, labels)
+    "sparse"     configured variant of a SPLADE model -> its top-k vocabulary weights per row (the vocabulary-
+                 sized logits stay inside the graph)
+
+An embedding model has the first three, a reranker or classifier "score", a sparse model "sparse".
 
 Provider choice is logged on exactly one line, from `session.get_providers()` (what onnxruntime actually
 enabled), not from `get_available_providers()` (what the wheel was built with).
@@ -35,21 +40,37 @@ CUDA = "CUDAExecutionProvider"
 EMBED = "embed"
 TOKENS = "tokens"
 ATTENTION = "attention"
+SCORE = "score"
+SPARSE = "sparse"
 
 _OUTPUTS = {
     EMBED: ("sentence_embedding",),
     TOKENS: ("sentence_embedding", "last_hidden_state"),
     ATTENTION: ("sentence_embedding", "last_hidden_state", "attentions"),
+    SCORE: ("logits",),
+    SPARSE: ("sparse_values", "sparse_indices"),
 }
+# The graphs the configured variant's session answers, by the model's task.
+_MAIN_GRAPHS = {"embed": (EMBED, TOKENS), "rerank": (SCORE,), "classify": (SCORE,), "sparse": (SPARSE,)}
 
 
 @dataclass(frozen=True)
 class RowResult:
     """One input's outputs, sliced to its real length T."""
 
-    embedding: np.ndarray  # (D,) float32, pooled, not normalised
+    embedding: np.ndarray | None = None  # (D,) float32, pooled, not normalised (embedding models)
     token_embeddings: np.ndarray | None = None  # (T, D)
     attentions: np.ndarray | None = None  # (L, H, T, T)
+    logits: np.ndarray | None = None  # (labels,) float32, raw (rerank / classify models)
+    sparse_indices: np.ndarray | None = None  # (K,) int64 vocabulary ids, by weight descending (sparse models)
+    sparse_values: np.ndarray | None = None  # (K,) float32 weights; zeros mean "fewer than K non-zeros"
+
+    def first_output(self) -> np.ndarray:
+        """Whichever main output this row has: the warm-up's finiteness check."""
+        for value in (self.embedding, self.logits, self.sparse_values):
+            if value is not None:
+                return value
+        raise ValueError("a row result with no output")
 
 
 @dataclass(frozen=True)
@@ -82,16 +103,20 @@ class OnnxRunner:
         self._pad_multiple = settings.pad_to_multiple
         self.provider, self.provider_reason = "", ""
         self._settings = settings
+        # A sparse model's graph returns this many weights per row (the largest first); the vocabulary at most.
+        vocab = int(manifest.raw.get("sparse", {}).get("vocab_size", 0) or manifest.raw.get("vocab_size", 0) or 0)
+        self.sparse_top_k = min(settings.sparse_top_k, vocab) if vocab else settings.sparse_top_k
         variant_spec = manifest.graph(settings.graph_variant)
         self._sessions: dict[str, ort.InferenceSession] = {}
         main = self._build(variant_spec.path, settings, first=True)
-        self._sessions[EMBED] = main
-        self._sessions[TOKENS] = main
+        self.main_graphs = _MAIN_GRAPHS[manifest.task]
+        for graph in self.main_graphs:
+            self._sessions[graph] = main
         # The attention graph (~90 MB of weights plus its arena, and only attention requests use it) is built at
         # start-up when EMBED_ATTENTION_GRAPH=eager, on the first attention batch when lazy, never when off.
         self._lazy_graphs: set[str] = set()
         self._lazy_lock = threading.Lock()
-        if ATTENTION in manifest.graphs and settings.attention_graph != "off":
+        if manifest.task == "embed" and ATTENTION in manifest.graphs and settings.attention_graph != "off":
             if settings.attention_graph == "eager":
                 self._sessions[ATTENTION] = self._build(manifest.graphs[ATTENTION].path, settings, first=False)
             else:
@@ -199,10 +224,12 @@ class OnnxRunner:
         if graph == ATTENTION:
             groups = self._attention_groups(id_rows)
         prompt_lengths = [int(getattr(r, "prompt_length", 0)) for r in rows]
+        type_ids = [getattr(r, "type_ids", None) for r in rows]
         chunks, start = [], 0
         for group in groups:
-            chunks.append(self._pad(group, prompt_lengths[start:start + len(group)]))
-            start += len(group)
+            end = start + len(group)
+            chunks.append(self._pad(group, prompt_lengths[start:end], type_ids[start:end]))
+            start = end
         return Prepared(graph, tuple(chunks))
 
     def execute(self, prepared: Prepared) -> list[RowResult]:
@@ -212,6 +239,14 @@ class OnnxRunner:
         results: list[RowResult] = []
         for chunk in prepared.chunks:
             outs = dict(zip(names, session.run(names, chunk.feeds), strict=True))
+            if prepared.graph == SCORE:
+                results.extend(RowResult(logits=np.array(row, dtype=np.float32)) for row in outs["logits"])
+                continue
+            if prepared.graph == SPARSE:
+                results.extend(
+                    RowResult(sparse_values=np.array(v, dtype=np.float32), sparse_indices=np.array(i, dtype=np.int64))
+                    for v, i in zip(outs["sparse_values"], outs["sparse_indices"], strict=True))
+                continue
             pooled = outs["sentence_embedding"]  # (B, D)
             hidden = outs.get("last_hidden_state")  # (B, T, D)
             attn = outs.get("attentions")  # (L, B, H, T, T)
@@ -239,7 +274,8 @@ class OnnxRunner:
         rounded = -(-longest // m) * m
         return max(longest, min(rounded, self.manifest.max_seq_length))
 
-    def _pad(self, rows: list[np.ndarray], prompt_lengths: Sequence[int] = ()) -> _Chunk:
+    def _pad(self, rows: list[np.ndarray], prompt_lengths: Sequence[int] = (),
+             type_ids: Sequence[np.ndarray | None] = ()) -> _Chunk:
         """Feeds for exactly the graph's inputs; rows padded on the model's side (left for decoders, so that
         every row's last token sits in the last column)."""
         lengths = tuple(len(r) for r in rows)
@@ -252,9 +288,18 @@ class OnnxRunner:
             attention_mask[i, cols] = 1
         feeds = {"input_ids": input_ids, "attention_mask": attention_mask}
         if "token_type_ids" in self.manifest.inputs:
-            feeds["token_type_ids"] = np.zeros_like(input_ids)
+            # A query-document pair carries its segment ids (0 for the query, 1 for the document); a single text
+            # is all segment 0.
+            token_type_ids = np.zeros_like(input_ids)
+            for i, (r, types) in enumerate(zip(rows, type_ids or [None] * len(rows), strict=True)):
+                if types is not None:
+                    cols = slice(width - len(r), width) if self._left_padded else slice(0, len(r))
+                    token_type_ids[i, cols] = types
+            feeds["token_type_ids"] = token_type_ids
         if "prompt_length" in self.manifest.inputs:
             feeds["prompt_length"] = np.array(list(prompt_lengths) or [0] * len(rows), dtype=np.int64)  # (B,)
+        if "top_k" in self.manifest.inputs:
+            feeds["top_k"] = np.array([self.sparse_top_k], dtype=np.int64)  # (1,)
         return _Chunk(feeds, lengths)
 
     def _attention_groups(self, rows: list[np.ndarray]) -> list[list[np.ndarray]]:
@@ -277,7 +322,8 @@ class OnnxRunner:
     def warm_up(self, max_batch_size: int, max_batch_tokens: int) -> None:
         """Run the largest batch the settings allow, so shape or memory errors show at start-up, not at load."""
         rows = max(1, min(max_batch_size, max_batch_tokens // self.manifest.max_seq_length))
-        for graph, n in ((EMBED, rows), (TOKENS, 1), (ATTENTION, 1)):
+        first, *others = self.main_graphs
+        for graph, n in ((first, rows), *((g, 1) for g in others), (ATTENTION, 1)):
             if graph in self._sessions:
                 self._warm(graph, n)
         logger.info("warm-up done: %d rows × %d tokens on %s", rows, self.manifest.max_seq_length, self.variant)
@@ -291,5 +337,5 @@ class OnnxRunner:
         if lead is not None:
             filler[0] = lead
         out = self.execute(self.prepare(graph, [filler] * rows))
-        if not np.isfinite(out[0].embedding).all():
+        if not np.isfinite(out[0].first_output()).all():
             raise ProviderError(f"warm-up of graph {graph!r} produced non-finite values")

@@ -7,11 +7,61 @@ instead of mutating the environment.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+# Per-model options an EMBED_MODELS entry may carry after `;` (anything else is a start-up error).
+MODEL_OPTIONS = ("max_queue_size", "max_batch_tokens", "max_batch_size")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One served model: its artifact directory, the name clients select it by (None: the manifest's model
+    name), and limits of its own where they differ from the server-wide EMBED_* ones."""
+
+    artifact_dir: Path
+    name: str | None = None
+    max_queue_size: int | None = None
+    max_batch_tokens: int | None = None
+    max_batch_size: int | None = None
+
+
+def parse_model_specs(value: str) -> list[ModelSpec]:
+    """`EMBED_MODELS`: comma-separated entries `[name=]artifact_dir[;option=value...]`, the first the default.
+
+    e.g. `minilm=artifacts/all-MiniLM-L6-v2,rerank=artifacts/ms-marco;max_queue_size=256`.
+    """
+    specs: list[ModelSpec] = []
+    for entry in (e.strip() for e in value.split(",")):
+        if not entry:
+            continue
+        head, *options = (part.strip() for part in entry.split(";"))
+        name, sep, directory = head.partition("=")
+        if not sep:
+            name, directory = "", head
+        if not directory.strip():
+            raise ValueError(f"EMBED_MODELS entry {entry!r} has no artifact directory")
+        limits: dict[str, int] = {}
+        for option in options:
+            key, _, raw = option.partition("=")
+            if key.strip() not in MODEL_OPTIONS:
+                raise ValueError(f"EMBED_MODELS entry {entry!r}: unknown option {key.strip()!r} "
+                                 f"(known: {', '.join(MODEL_OPTIONS)})")
+            try:
+                number = int(raw)
+            except ValueError:
+                raise ValueError(f"EMBED_MODELS entry {entry!r}: {key.strip()} must be an integer") from None
+            if number < 1:
+                raise ValueError(f"EMBED_MODELS entry {entry!r}: {key.strip()} must be >= 1")
+            limits[key.strip()] = number
+        specs.append(ModelSpec(Path(directory.strip()), name.strip() or None, **limits))
+    if not specs:
+        raise ValueError("EMBED_MODELS is set but names no model")
+    return specs
 
 
 class Settings(BaseSettings):
@@ -21,6 +71,9 @@ class Settings(BaseSettings):
 
     artifact_dir: Path = Path("artifacts/all-MiniLM-L6-v2")
     served_model_name: str | None = None
+    # Several models in one process (EMBED_MODELS, see parse_model_specs); when set, artifact_dir and
+    # served_model_name are not used. The first model is the default of routes that name none.
+    models: Annotated[list[ModelSpec], NoDecode] = Field(default_factory=list)
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
 
@@ -56,6 +109,10 @@ class Settings(BaseSettings):
     max_chars_per_input: int = Field(100_000, ge=1)
     max_tokens_per_request: int = Field(65536, ge=1)
     attention_budget: int = Field(4_000_000, ge=0)
+    # Rerank: documents one request may carry (each is one query-document pair in the batcher).
+    max_documents_per_request: int = Field(1000, ge=1)
+    # Sparse models: the most vocabulary weights returned per text (the largest first; zeros are never sent).
+    sparse_top_k: int = Field(1024, ge=1)
 
     api_key: SecretStr | None = None
     public_probes: bool = True  # /health, /ready and /metrics answer without the API key
@@ -85,6 +142,25 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [o.strip() for o in value.split(",") if o.strip()]
         return value
+
+    @field_validator("models", mode="before")
+    @classmethod
+    def _parse_models(cls, value: object) -> object:
+        if isinstance(value, str):
+            return parse_model_specs(value) if value.strip() else []
+        return value
+
+    @model_validator(mode="after")
+    def _unique_model_names(self) -> Settings:
+        names = [spec.name for spec in self.models if spec.name is not None]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"EMBED_MODELS names {', '.join(duplicates)} more than once")
+        return self
+
+    def model_specs(self) -> list[ModelSpec]:
+        """What to serve: EMBED_MODELS, else the one EMBED_ARTIFACT_DIR (named EMBED_SERVED_MODEL_NAME)."""
+        return list(self.models) or [ModelSpec(self.artifact_dir, self.served_model_name)]
 
     @field_validator("log_level", mode="before")
     @classmethod

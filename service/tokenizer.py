@@ -15,7 +15,7 @@ import functools
 import logging
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -57,6 +57,7 @@ class Encoded:
     # Tokens of the prompt at the start (sentence-transformers' count: the prompt's tokens with specials, less
     # the closing one), for models that leave the prompt out of pooling; 0 without a prompt.
     prompt_length: int = 0
+    type_ids: np.ndarray | None = None  # (T,) segment ids of a text pair; None for a single text
 
     @functools.cached_property
     def tokens(self) -> tuple[Token, ...]:
@@ -209,6 +210,65 @@ class TextTokenizer:
         checked = [self._checked_ids(ids, i).tolist() for i, ids in enumerate(ids_list)]
         return self._tok.decode_batch(checked, skip_special_tokens=skip_special_tokens)
 
+    def encode_pairs(self, pairs: Sequence[tuple[str, str]], policy: TruncationPolicy, *,
+                     param: str = "texts") -> list[Encoded]:
+        """Tokenize (first, second) text pairs as one sequence each, with the model's pair template ([CLS] a
+        [SEP] b [SEP] and segment ids 0/1, or <s> a </s></s> b </s>), for cross-encoders.
+
+        Too long a pair is cut the way transformers' `truncation="longest_first"` does (what CrossEncoder and
+        TEI use): tokens come off the longer side until it fits, so a long document never pushes the query out.
+        Truncation off makes it a 422 instead. Both sides need a token of text. `param` names the request field
+        of the second texts in errors.
+        """
+        firsts = [self._capped(a, policy, 0, param) for a, _ in pairs]
+        seconds = [self._capped(b, policy, j, param) for j, (_, b) in enumerate(pairs)]
+        raw = self._tok.encode_batch([t for t, _ in firsts] + [t for t, _ in seconds], add_special_tokens=False)
+        n = len(pairs)
+        budget = self.max_length - self._tok.num_special_tokens_to_add(True)
+        out: list[Encoded] = []
+        for j in range(n):
+            first, second = raw[j], raw[n + j]
+            if not first.ids:
+                raise InvalidRequestError("query must contain non-whitespace text", param="query", code="empty_input")
+            if not second.ids:
+                raise InvalidRequestError(f"{param}[{j}] must contain non-whitespace text", param=f"{param}[{j}]",
+                                          code="empty_input")
+            a, b = len(first.ids), len(second.ids)
+            original = a + b + self._tok.num_special_tokens_to_add(True)
+            truncated = firsts[j][1] or seconds[j][1]
+            if a + b > budget:
+                if not policy.truncate:
+                    raise InvalidRequestError(
+                        f"{param}[{j}] with the query has {original} tokens, max {self.max_length} (truncation is off)",
+                        param=f"{param}[{j}]", code="input_too_long")
+                keep_a, keep_b = _longest_first(a, b, budget)
+                if keep_a < 1:
+                    raise InvalidRequestError(f"the query leaves no room for {param}[{j}] in {self.max_length} "
+                                              "tokens", param="query", code="input_too_long")
+                first.truncate(keep_a, direction=policy.direction)
+                second.truncate(keep_b, direction=policy.direction)
+                truncated = True
+            enc = self._tok.post_process(first, second, add_special_tokens=True)
+            text = firsts[j][0] + "\n" + seconds[j][0]
+            encoded = self._to_encoded(text, enc, truncated, original)
+            out.append(replace(encoded, type_ids=np.asarray(enc.type_ids, dtype=np.int64)))
+        return out
+
+    def _capped(self, text: str, policy: TruncationPolicy, index: int, param: str) -> tuple[str, bool]:
+        """The character cap of one text: cut (and flagged) when truncating, else a 422."""
+        _check_encodable(text, index)
+        if len(text) <= self.max_chars:
+            return text, False
+        if not policy.truncate:
+            raise InvalidRequestError(f"{param}[{index}] has {len(text)} characters, max {self.max_chars} "
+                                      "(truncation is off)", param=f"{param}[{index}]", code="input_too_long")
+        return text[: self.max_chars], True
+
+    async def aencode_pairs(self, pairs: Sequence[tuple[str, str]], policy: TruncationPolicy,
+                            executor: Executor | None = None, **options: Any) -> list[Encoded]:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(executor, functools.partial(self.encode_pairs, pairs, policy, **options))
+
     async def aencode_batch(
         self,
         texts: Sequence[str],
@@ -233,6 +293,24 @@ class TextTokenizer:
             )
 
         return Encoded(ids, truncated, len(ids), original, len(text), source, prompt_length)
+
+
+def _longest_first(a: int, b: int, budget: int) -> tuple[int, int]:
+    """transformers' longest_first: remove one token at a time from the longer side (the second on a tie)."""
+    excess = a + b - budget
+    if excess <= 0:
+        return a, b
+    diff = abs(a - b)
+    cut = min(excess, diff)
+    if a > b:
+        a -= cut
+    else:
+        b -= cut
+    excess -= cut
+    # Now equal lengths (or done): alternate, the second side first, as the one-at-a-time loop does.
+    b -= (excess + 1) // 2
+    a -= excess // 2
+    return a, b
 
 
 def _check_encodable(text: str, index: int) -> None:

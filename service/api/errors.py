@@ -74,7 +74,7 @@ ERROR_TABLE: tuple[tuple[type[ServiceError], int, str], ...] = (
 )
 
 
-Family = Literal["openai", "tei"]
+Family = Literal["openai", "tei", "cohere"]
 
 # text-embeddings-inference's routes: their errors are in TEI's shape. The task routes of other model kinds
 # (/rerank, /predict, /embed_sparse) belong here as they arrive.
@@ -95,9 +95,16 @@ _TEI_CODE_TYPES = {"empty_input": "Empty", "invalid_text": "Tokenizer"}
 TEI_STATUS = {"Empty": 400, "Overloaded": 429, "Backend": 424, "Unhealthy": 503}
 
 
+# Cohere's routes (and Jina's /v1/rerank): errors are {"id", "message"}, which the cohere SDK reads as the
+# ApiError body, with our status.
+COHERE_PATHS = frozenset({"/v2/rerank", "/v1/rerank", "/v2/embed"})
+
+
 def family_of(path: str) -> Family:
     """Which error shape a request to `path` is answered in."""
-    return "tei" if path in TEI_PATHS else "openai"
+    if path in TEI_PATHS:
+        return "tei"
+    return "cohere" if path in COHERE_PATHS else "openai"
 
 
 def status_for(exc: ServiceError) -> tuple[int, str]:
@@ -134,6 +141,8 @@ def error_body(message: str, err_type: str, param: str | None, code: str | None,
     """The reply body; in the TEI family `err_type` must be a TEI ErrorType and param/code are not sent."""
     if family == "tei":
         return {"error": message, "error_type": err_type}
+    if family == "cohere":
+        return {"id": code or err_type, "message": message}
     return {"error": {"message": message, "type": err_type, "param": param, "code": code}}
 
 
@@ -226,8 +235,8 @@ def install_error_handlers(app: FastAPI) -> None:
         status, _ = status_for(exc)
         if status >= 500 and not isinstance(exc, OverloadError):
             logger.error("request failed: %s (%s)", type(exc).__name__, exc.code)
-        services = getattr(request.app.state, "services", None)
-        metrics = getattr(services, "metrics", None)
+        context = getattr(request.app.state, "context", None)
+        metrics = getattr(context, "metrics", None)
         if metrics is not None and (status < 500 or isinstance(exc, OverloadError)):
             metrics.rejected.labels(exc.code).inc()
         return service_error_response(exc, family_of(request.scope["path"]))

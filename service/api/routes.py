@@ -18,7 +18,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from service import __version__
-from service.api.deps import EngineDep, ServicesDep, require_api_key, require_probe_key
+from service.api.deps import AppContext, ContextDep, ModelsDep, require_api_key, require_probe_key
 from service.api.errors import validation_error_from
 from service.api.jsonio import JSONBody, read_json
 from service.api.schemas import (
@@ -32,8 +32,9 @@ from service.api.schemas import (
     TEITokenizeRequest,
 )
 from service.engine import TOKENIZE_WORKERS, AttentionSpec, EncodeOptions, EncodeResult, Input
-from service.errors import ModelNotFoundError, UnavailableError
+from service.errors import UnavailableError, WrongTaskError
 from service.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from service.registry import ModelHandle, ModelRegistry
 from service.tokenizer import Encoded
 
 logger = logging.getLogger(__name__)
@@ -56,9 +57,9 @@ class ClientDisconnectedError(Exception):
 # --- plumbing -----------------------------------------------------------------------------------------------
 
 
-async def read_body(request: Request, services: ServicesDep) -> Any:
+async def read_body(request: Request, context: ContextDep) -> Any:
     """Read the JSON body within the limits (a full queue was already answered 429 by api/shed.py)."""
-    settings = services.settings
+    settings = context.settings
     return await read_json(request, settings.max_body_bytes, settings.body_timeout_s)
 
 
@@ -69,9 +70,9 @@ def validate(payload: Any, model: type[M]) -> M:
         raise validation_error_from(list(exc.errors())) from None
 
 
-async def parse(request: Request, services: ServicesDep, model: type[M]) -> M:
+async def parse(request: Request, context: ContextDep, model: type[M]) -> M:
     """Read and validate the body."""
-    return validate(await read_body(request, services), model)
+    return validate(await read_body(request, context), model)
 
 
 async def until_disconnect(request: Request, work: Awaitable[T]) -> T:
@@ -100,11 +101,18 @@ async def _wait_disconnect(request: Request) -> None:
         pass
 
 
-def check_model(services: ServicesDep, model: str | None) -> None:
-    if model is not None and model != services.served_model_name:
-        raise ModelNotFoundError(
-            f"model not found; this server serves '{services.served_model_name}'", param="model"
-        )
+TASK_NAMES = {"embed": "an embedding model", "rerank": "a reranker", "classify": "a classifier",
+              "sparse": "a sparse (SPLADE) model"}
+
+
+def model_for(models: ModelRegistry, name: str | None, *tasks: str) -> ModelHandle:
+    """The model a request names (the default when it names none), which must do one of `tasks`."""
+    handle = models.get(name)
+    if handle.task not in tasks:
+        wanted = " or ".join(TASK_NAMES[t] for t in tasks)
+        raise WrongTaskError(f"model '{handle.name}' is {TASK_NAMES[handle.task]}; this route needs {wanted}",
+                             param="model")
+    return handle
 
 
 def timing_headers(result: EncodeResult) -> dict[str, str]:
@@ -142,12 +150,13 @@ def as_inputs(value: str | list[Any]) -> list[Input]:
 
 
 @inference.post("/v1/embeddings")
-async def openai_embeddings(request: Request, services: ServicesDep, engine: EngineDep) -> Response:
-    body = await parse(request, services, OpenAIEmbeddingsRequest)
-    check_model(services, body.model)
+async def openai_embeddings(request: Request, context: ContextDep, models: ModelsDep) -> Response:
+    body = await parse(request, context, OpenAIEmbeddingsRequest)
+    handle = model_for(models, body.model, "embed")
+    engine = handle.engine
     options = EncodeOptions(
-        policy=body.policy(services.settings.auto_truncate),
-        normalize=engine.manifest.normalize,
+        policy=body.policy(context.settings.auto_truncate),
+        normalize=handle.manifest.normalize,
         dimensions=body.dimensions,
         prompt_name=engine.prompt_name_for(body.prompt_name, body.input_type),
     )
@@ -159,62 +168,66 @@ async def openai_embeddings(request: Request, services: ServicesDep, engine: Eng
     content = {
         "object": "list",
         "data": data,
-        "model": services.served_model_name,
+        "model": handle.name,
         "usage": {"prompt_tokens": result.prompt_tokens, "total_tokens": result.prompt_tokens},
     }
     return JSONBody(content, headers=timing_headers(result))
 
 
 @inference.post("/embed")
-async def tei_embed(request: Request, services: ServicesDep, engine: EngineDep) -> Response:
-    return await _embed(request, services, engine, await parse(request, services, TEIEmbedRequest))
+async def tei_embed(request: Request, context: ContextDep, models: ModelsDep) -> Response:
+    return await _embed(request, context, models, await parse(request, context, TEIEmbedRequest))
 
 
 @inference.post("/")
 @inference.post("/invocations")
-async def tei_root(request: Request, services: ServicesDep, engine: EngineDep) -> Response:
+async def tei_root(request: Request, context: ContextDep, models: ModelsDep) -> Response:
     """TEI's default route (and SageMaker's): the served model's task. For an embedding model that is /embed;
     an object `inputs` ({"source_sentence", "sentences"}, huggingface_hub's `sentence_similarity` posted to the
     base URL) is /similarity, which TEI itself only does when started with TASK=sentence-similarity."""
-    payload = await read_body(request, services)
+    payload = await read_body(request, context)
     if isinstance(payload, dict) and isinstance(payload.get("inputs"), dict):
-        return await _similarity(request, services, engine, validate(payload, TEISimilarityRequest))
-    return await _embed(request, services, engine, validate(payload, TEIEmbedRequest))
+        return await _similarity(request, context, models, validate(payload, TEISimilarityRequest))
+    return await _embed(request, context, models, validate(payload, TEIEmbedRequest))
 
 
-async def _embed(request: Request, services: ServicesDep, engine: EngineDep, body: TEIEmbedRequest) -> Response:
-    options = EncodeOptions(policy=body.policy(services.settings.auto_truncate), normalize=body.normalize,
+async def _embed(request: Request, context: AppContext, models: ModelRegistry, body: TEIEmbedRequest) -> Response:
+    engine = model_for(models, body.model, "embed").engine
+    options = EncodeOptions(policy=body.policy(context.settings.auto_truncate), normalize=body.normalize,
                             dimensions=body.dimensions, prompt_name=body.prompt_name)
     result = await until_disconnect(request, engine.encode(as_inputs(body.inputs), options))
     return JSONBody([np.ascontiguousarray(it.embedding) for it in result.items], headers=timing_headers(result))
 
 
 @inference.post("/embed_all")
-async def tei_embed_all(request: Request, services: ServicesDep, engine: EngineDep) -> Response:
-    body = await parse(request, services, TEIEmbedAllRequest)
-    options = EncodeOptions(policy=body.policy(services.settings.auto_truncate), normalize=False,
+async def tei_embed_all(request: Request, context: ContextDep, models: ModelsDep) -> Response:
+    body = await parse(request, context, TEIEmbedAllRequest)
+    engine = model_for(models, body.model, "embed").engine
+    options = EncodeOptions(policy=body.policy(context.settings.auto_truncate), normalize=False,
                             token_embeddings=True, prompt_name=body.prompt_name)
     result = await until_disconnect(request, engine.encode(as_inputs(body.inputs), options))
     return JSONBody([it.token_embeddings for it in result.items], headers=timing_headers(result))
 
 
 @inference.post("/similarity")
-async def tei_similarity(request: Request, services: ServicesDep, engine: EngineDep) -> Response:
-    return await _similarity(request, services, engine, await parse(request, services, TEISimilarityRequest))
+async def tei_similarity(request: Request, context: ContextDep, models: ModelsDep) -> Response:
+    return await _similarity(request, context, models, await parse(request, context, TEISimilarityRequest))
 
 
-async def _similarity(request: Request, services: ServicesDep, engine: EngineDep,
+async def _similarity(request: Request, context: AppContext, models: ModelRegistry,
                       body: TEISimilarityRequest) -> Response:
+    engine = model_for(models, body.model, "embed").engine
     params = body.parameters or SimilarityParameters()
-    options = EncodeOptions(policy=params.policy(services.settings.auto_truncate), prompt_name=params.prompt_name)
+    options = EncodeOptions(policy=params.policy(context.settings.auto_truncate), prompt_name=params.prompt_name)
     work = engine.similarity(body.inputs.source_sentence, body.inputs.sentences, options)
     scores, result = await until_disconnect(request, work)
     return JSONBody(scores, headers=timing_headers(result))
 
 
 @inference.post("/tokenize")
-async def tei_tokenize(request: Request, services: ServicesDep, engine: EngineDep) -> Response:
-    body = await parse(request, services, TEITokenizeRequest)
+async def tei_tokenize(request: Request, context: ContextDep, models: ModelsDep) -> Response:
+    body = await parse(request, context, TEITokenizeRequest)
+    engine = models.get(body.model).engine
     texts = as_list(body.inputs)
     encoded = await engine.tokenize(texts, add_special_tokens=body.add_special_tokens, prompt_name=body.prompt_name)
     prefix = engine.prompt(body.prompt_name)
@@ -222,8 +235,9 @@ async def tei_tokenize(request: Request, services: ServicesDep, engine: EngineDe
 
 
 @inference.post("/decode")
-async def tei_decode(request: Request, services: ServicesDep, engine: EngineDep) -> Response:
-    body = await parse(request, services, TEIDecodeRequest)
+async def tei_decode(request: Request, context: ContextDep, models: ModelsDep) -> Response:
+    body = await parse(request, context, TEIDecodeRequest)
+    engine = models.get(body.model).engine
     ids = body.ids
     ids_lists: list[list[int]] = [ids] if not ids or isinstance(ids[0], int) else ids  # type: ignore[list-item]
     texts = await engine.decode(ids_lists, skip_special_tokens=body.skip_special_tokens)
@@ -244,9 +258,9 @@ def _tei_tokens(text: str, enc: Encoded) -> list[dict[str, Any]]:
 
 
 @inference.post("/v1/encode")
-async def encode(request: Request, services: ServicesDep, engine: EngineDep) -> Response:
-    body = await parse(request, services, EncodeRequest)
-    check_model(services, body.model)
+async def encode(request: Request, context: ContextDep, models: ModelsDep) -> Response:
+    body = await parse(request, context, EncodeRequest)
+    handle = model_for(models, body.model, "embed")
     att = body.attention
     spec = None
     if att is not None:
@@ -256,13 +270,13 @@ async def encode(request: Request, services: ServicesDep, engine: EngineDep) -> 
             aggregate=att.aggregate,
         )
     options = EncodeOptions(
-        policy=body.policy(services.settings.auto_truncate),
+        policy=body.policy(context.settings.auto_truncate),
         normalize=body.normalize,
         dimensions=body.dimensions,
         token_embeddings=body.token_embeddings,
         attention=spec,
     )
-    result = await until_disconnect(request, engine.encode(as_list(body.input), options))
+    result = await until_disconnect(request, handle.engine.encode(as_list(body.input), options))
     data = []
     for i, item in enumerate(result.items):
         row: dict[str, Any] = {
@@ -291,7 +305,7 @@ async def encode(request: Request, services: ServicesDep, engine: EngineDep) -> 
         data.append(row)
     content = {
         "object": "list",
-        "model": services.served_model_name,
+        "model": handle.name,
         "usage": {"prompt_tokens": result.prompt_tokens, "total_tokens": result.prompt_tokens},
         "data": data,
     }
@@ -299,34 +313,49 @@ async def encode(request: Request, services: ServicesDep, engine: EngineDep) -> 
 
 
 @inference.get("/v1/models")
-async def models(services: ServicesDep) -> Response:
-    return JSONBody(
-        {
-            "object": "list",
-            "data": [
-                {"id": services.served_model_name, "object": "model", "created": int(services.started_at),
-                 "owned_by": "encoder-serve"}
-            ],
-        }
-    )
+async def list_models(context: ContextDep, models: ModelsDep) -> Response:
+    created = int(context.lifecycle.started_at)
+    return JSONBody({
+        "object": "list",
+        "data": [{"id": h.name, "object": "model", "created": created, "owned_by": "encoder-serve", "task": h.task}
+                 for h in models],
+    })
 
 
 @inference.get("/info")
-async def info(services: ServicesDep) -> Response:
-    m, s, runner = services.manifest, services.settings, services.runner
-    if m is None or runner is None:
-        raise UnavailableError("the model is not loaded yet", retry_after_s=2)
+async def info(request: Request, context: ContextDep, models: ModelsDep) -> Response:
+    """TEI's Info for the default model, `?model=NAME` for another; `?model=a&model=b` (or `?model=all`) gives
+    a list, one entry per model."""
+    names = request.query_params.getlist("model")
+    if names == ["all"]:
+        return JSONBody([describe_model(h, context) for h in models])
+    if len(names) > 1:
+        return JSONBody([describe_model(models.get(n), context) for n in names])
+    return JSONBody(describe_model(models.get(names[0] if names else None), context))
+
+
+def _model_type(handle: ModelHandle) -> dict[str, Any]:
+    """TEI's `model_type`: {"embedding": {"pooling"}}, {"reranker": {...}} or {"classifier": {...}}."""
+    m = handle.manifest
+    if handle.task in ("rerank", "classify"):
+        key = "reranker" if handle.task == "rerank" else "classifier"
+        return {key: {"id2label": dict(enumerate(m.labels)), "label2id": {v: i for i, v in enumerate(m.labels)}}}
+    return {"embedding": {"pooling": "splade" if handle.task == "sparse" else m.pooling}}
+
+
+def describe_model(handle: ModelHandle, context: AppContext) -> dict[str, Any]:
+    m, s, runner, limits = handle.manifest, context.settings, handle.runner, handle.limits
     content: dict[str, Any] = {
         # text-embeddings-inference's Info (its typed clients parse these; docs/api.md §Compatibility)
-        "model_id": services.served_model_name,
+        "model_id": handle.name,
         "model_sha": None,
         "model_dtype": MODEL_DTYPES.get(runner.variant, "float32"),
-        "served_model_name": services.served_model_name,
-        "model_type": {"embedding": {"pooling": m.pooling}},
-        "max_concurrent_requests": s.max_queue_size,  # the door lets in at most this many requests at once
+        "served_model_name": handle.name,
+        "model_type": _model_type(handle),
+        "max_concurrent_requests": limits.max_queue_size,  # the door lets in at most this many requests at once
         "max_input_length": m.max_seq_length,
-        "max_batch_tokens": s.max_batch_tokens,
-        "max_batch_requests": s.max_batch_size,
+        "max_batch_tokens": limits.max_batch_tokens,
+        "max_batch_requests": limits.max_batch_size,
         "max_client_batch_size": s.max_inputs_per_request,
         "auto_truncate": s.auto_truncate,
         "tokenization_workers": TOKENIZE_WORKERS,
@@ -340,6 +369,8 @@ async def info(services: ServicesDep) -> Response:
     content.update(
         {
             "model_name": m.model_name,
+            "task": handle.task,
+            "default": handle is context.models.default,
             "embedding_dim": m.embedding_dim,
             "pooling": m.pooling,
             "normalize_default": m.normalize,
@@ -358,11 +389,12 @@ async def info(services: ServicesDep) -> Response:
             "graph_variant": runner.variant,
             "attention_available": "attention" in runner.graphs,
             "attention_graph": "loaded" if "attention" in runner.loaded_graphs else s.attention_graph,
+            "resident_bytes_estimate": handle.resident_bytes,
             "limits": {
-                "max_batch_size": s.max_batch_size,
-                "max_batch_tokens": s.max_batch_tokens,
+                "max_batch_size": limits.max_batch_size,
+                "max_batch_tokens": limits.max_batch_tokens,
                 "max_wait_ms": s.max_wait_ms,
-                "max_queue_size": s.max_queue_size,
+                "max_queue_size": limits.max_queue_size,
                 "queue_timeout_s": s.queue_timeout_s,
                 "max_body_bytes": s.max_body_bytes,
                 "max_inputs_per_request": s.max_inputs_per_request,
@@ -372,41 +404,64 @@ async def info(services: ServicesDep) -> Response:
             },
         }
     )
-    return JSONBody(content)
+    if m.labels:
+        content["labels"] = list(m.labels)
+    return content
 
 
 # --- probes and metrics (no auth: orchestrators and scrapers call them) ---------------------------------------
 
 
+def _health_of(handle: ModelHandle) -> dict[str, Any]:
+    state = handle.batcher.health()
+    return {"status": "ok" if state.ok else "unhealthy", "reason": state.reason, "queue_depth": state.queue_depth}
+
+
 @probes.get("/health")
-async def health(services: ServicesDep) -> Response:
-    """Liveness: the process answers and the batcher is not dead or wedged. A full queue is still healthy."""
-    if services.batcher is not None:
-        state = services.batcher.health()
-        if not state.ok:
-            raise UnavailableError(f"unhealthy: {state.reason}", retry_after_s=5)
-    return JSONBody({"status": "ok"})
+async def health(models: ModelsDep) -> Response:
+    """Liveness: the process answers and at least one model's batcher is neither dead nor wedged (a full queue
+    is still healthy). Each model's own state is in the body; 503 only when every model is unhealthy, because
+    restarting the process would also take down the models that still serve (docs/reliability.md)."""
+    per_model = {h.name: _health_of(h) for h in models}
+    if all(v["status"] != "ok" for v in per_model.values()):
+        reasons = "; ".join(f"{name}: {v['reason']}" for name, v in per_model.items())
+        raise UnavailableError(f"unhealthy: {reasons}", retry_after_s=5)
+    degraded = any(v["status"] != "ok" for v in per_model.values())
+    return JSONBody({"status": "degraded" if degraded else "ok", "models": per_model})
+
+
+async def _readiness_of(handle: ModelHandle, context: AppContext) -> str | None:
+    """None when this model can take work now, else why not."""
+    state = handle.batcher.health()
+    if not state.ok or not state.accepting:
+        return state.reason or "not accepting work"
+    # TEI's pattern: after repeated failures, re-probe with a tiny forward pass before saying ready again.
+    failing = handle.batcher.consecutive_failed_batches
+    if failing >= context.settings.failure_threshold and not await handle.engine.probe(READY_PROBE_TIMEOUT_S):
+        return f"the last {failing} batches failed"
+    return None
 
 
 @probes.get("/ready")
-async def ready(services: ServicesDep) -> Response:
-    """Readiness: loaded, warmed, accepting and not draining."""
-    if services.draining:
+async def ready(context: ContextDep, models: ModelsDep) -> Response:
+    """Readiness: loaded, warmed, accepting and not draining. With several models, ready while any model is
+    (the body says which are not); 503 when none is, or when draining."""
+    lifecycle = context.lifecycle
+    if lifecycle.draining:
         raise UnavailableError("the server is shutting down", retry_after_s=5)
-    if not services.ready or services.batcher is None:
-        raise UnavailableError("the model is not loaded yet", retry_after_s=2)
-    state = services.batcher.health()
-    if not state.ok or not state.accepting:
-        raise UnavailableError(f"not ready: {state.reason or 'not accepting work'}", retry_after_s=5)
-    # TEI's pattern: after repeated failures, re-probe with a tiny forward pass before saying ready again.
-    failing = services.batcher.consecutive_failed_batches
-    if failing >= services.settings.failure_threshold and (
-        services.engine is None or not await services.engine.probe(READY_PROBE_TIMEOUT_S)
-    ):
-        raise UnavailableError(f"not ready: the last {failing} batches failed", retry_after_s=5)
-    return JSONBody({"status": "ready", "uptime_s": round(time.time() - services.started_at, 3)})
+    if not lifecycle.ready:
+        raise UnavailableError("the models are not loaded yet", retry_after_s=2)
+    reasons = {h.name: await _readiness_of(h, context) for h in models}
+    if all(r is not None for r in reasons.values()):
+        detail = "; ".join(f"{name}: {r}" for name, r in reasons.items())
+        raise UnavailableError(f"not ready: {detail}", retry_after_s=5)
+    return JSONBody({
+        "status": "ready",
+        "uptime_s": round(time.time() - lifecycle.started_at, 3),
+        "models": {name: ("ready" if r is None else f"not ready: {r}") for name, r in reasons.items()},
+    })
 
 
 @probes.get("/metrics")
-async def metrics(services: ServicesDep) -> Response:
-    return Response(services.metrics.render(), media_type=METRICS_CONTENT_TYPE)
+async def metrics(context: ContextDep) -> Response:
+    return Response(context.metrics.render(), media_type=METRICS_CONTENT_TYPE)

@@ -52,6 +52,7 @@ Truncate = bool | None
 
 
 class _TEITruncating(_Strict):
+    model: str | None = None  # our extension: which served model (default: the first)
     truncate: Truncate = None
     truncation_direction: Direction = "Right"
     prompt_name: str | None = None
@@ -80,6 +81,7 @@ class TEITokenizeRequest(_Strict):
     inputs: str | list[str]
     add_special_tokens: bool = True
     prompt_name: str | None = None
+    model: str | None = None
 
 
 class TEIDecodeRequest(_Strict):
@@ -87,6 +89,7 @@ class TEIDecodeRequest(_Strict):
 
     ids: list[TokenId] | list[list[TokenId]]
     skip_special_tokens: bool = True
+    model: str | None = None
 
 
 class SimilarityInput(_Strict):
@@ -103,6 +106,7 @@ class TEISimilarityRequest(_Strict):
 
     inputs: SimilarityInput
     parameters: SimilarityParameters | None = None
+    model: str | None = None
 
 
 class AttentionOptions(_Strict):
@@ -127,3 +131,81 @@ class EncodeRequest(_Strict):
 
     def policy(self, auto_truncate: bool) -> TruncationPolicy:
         return truncation_policy(self.truncate, self.truncation_direction, auto_truncate)
+
+
+# --- task heads: rerank, classify, sparse (TEI) and Cohere / Jina ---------------------------------------------
+
+
+class TEIRerankRequest(_Strict):
+    """POST /rerank (text-embeddings-inference): score each of `texts` against `query`."""
+
+    query: str
+    texts: list[str]
+    truncate: Truncate = None
+    truncation_direction: Direction = "Right"
+    raw_scores: bool = False
+    return_text: bool = False
+    model: str | None = None  # our extension: which served reranker (default: the first model)
+
+    def policy(self, auto_truncate: bool) -> TruncationPolicy:
+        return truncation_policy(self.truncate, self.truncation_direction, auto_truncate)
+
+
+# TEI's PredictInput: one text, one pair [a, b], or a batch of either ([[a], [a, b], ...]).
+PredictInput = str | list[str] | list[list[str]]
+
+
+class TEIPredictRequest(_Strict):
+    """POST /predict: class scores of a classifier (or a reranker's one score) per text or text pair."""
+
+    inputs: PredictInput
+    truncate: Truncate = None
+    truncation_direction: Direction = "Right"
+    raw_scores: bool = False
+    model: str | None = None
+
+    def policy(self, auto_truncate: bool) -> TruncationPolicy:
+        return truncation_policy(self.truncate, self.truncation_direction, auto_truncate)
+
+
+class TEIEmbedSparseRequest(_TEITruncating):
+    """POST /embed_sparse: a SPLADE model's non-zero vocabulary weights per input."""
+
+    inputs: TEIInput
+
+
+class DocumentText(_Strict):
+    text: str
+
+
+class CohereRerankRequest(_Strict):
+    """POST /v2/rerank (Cohere) and /v1/rerank (Cohere v1 and Jina): `documents` as strings or {"text"}."""
+
+    model: str | None = None
+    query: str
+    documents: list[str | DocumentText]
+    top_n: int | None = Field(default=None, ge=1)
+    return_documents: bool | None = None  # default: false on /v2 (Cohere), true on /v1 (Jina)
+
+    def texts(self) -> list[str]:
+        return [d if isinstance(d, str) else d.text for d in self.documents]
+
+
+CohereEmbeddingType = Literal["float", "int8", "uint8", "binary", "ubinary", "base64"]
+CohereInputType = Literal["search_document", "search_query", "classification", "clustering"]
+
+
+class CohereEmbedRequest(_Strict):
+    """POST /v2/embed (Cohere): float and compact vectors of `texts`."""
+
+    model: str | None = None
+    texts: list[str]
+    input_type: CohereInputType | None = None
+    embedding_types: list[CohereEmbeddingType] | None = None  # default ["float"]
+    output_dimension: int | None = Field(default=None, ge=1)
+    truncate: Literal["NONE", "START", "END"] = "END"
+
+    def policy(self) -> TruncationPolicy:
+        if self.truncate == "NONE":
+            return TruncationPolicy(truncate=False)
+        return TruncationPolicy(truncate=True, direction="left" if self.truncate == "START" else "right")

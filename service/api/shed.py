@@ -16,8 +16,8 @@ inside the app; a request the protocol already let in is not counted twice.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from http import HTTPStatus
-from typing import TYPE_CHECKING
 
 import orjson
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -25,20 +25,26 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from service.api.errors import family_of, reply_parts, service_error_response
 from service.api.request_ids import request_id
 from service.errors import OverloadError
-
-if TYPE_CHECKING:
-    from service.api.deps import Services
+from service.metrics import Metrics
 
 INFERENCE_PATHS = frozenset({"/v1/embeddings", "/embed", "/embed_all", "/v1/encode", "/", "/invocations",
-                             "/similarity"})
+                             "/similarity", "/rerank", "/predict", "/embed_sparse", "/v1/rerank", "/v2/rerank",
+                             "/v2/embed"})
 COUNTED = "embed_door_counted"  # scope["state"] key: the protocol's door let this request in and counts it
 
 
 class Door:
-    """The count of inference requests let in and not yet answered, and the decision for the next one."""
+    """The count of inference requests let in and not yet answered, and the decision for the next one.
 
-    def __init__(self, services: Services) -> None:
-        self.services = services
+    It knows nothing of models or batchers: `capacity(inside)` raises the OverloadError a newcomer would get
+    (the model registry's answer across every model's queue), and `is_open()` says whether the app is serving
+    at all (while starting or stopping the app itself answers 503 with the reason).
+    """
+
+    def __init__(self, capacity: Callable[[int], None], is_open: Callable[[], bool], metrics: Metrics) -> None:
+        self._capacity = capacity
+        self._is_open = is_open
+        self._metrics = metrics
         self.inside = 0
 
     @staticmethod
@@ -47,14 +53,12 @@ class Door:
 
     def refusal(self) -> OverloadError | None:
         """The error to answer the next inference request with, or None to let it in (and count it)."""
-        services = self.services
-        batcher = services.batcher
-        if batcher is None or not services.ready:
-            return None  # starting or draining: the app itself answers (503 with the reason)
+        if not self._is_open():
+            return None
         try:
-            batcher.check_capacity(self.inside)
+            self._capacity(self.inside)
         except OverloadError as exc:
-            services.metrics.rejected.labels(exc.code).inc()
+            self._metrics.rejected.labels(exc.code).inc()
             return exc
         return None
 
@@ -71,8 +75,8 @@ class Door:
         head += [b"x-request-id: " + request_id(scope).encode("ascii")]
         if not keep_alive:
             head.append(b"connection: close")
-        self.services.metrics.requests.labels(scope["path"], str(status)).inc()
-        self.services.metrics.request_duration.labels(scope["path"]).observe(0.0)
+        self._metrics.requests.labels(scope["path"], str(status)).inc()
+        self._metrics.request_duration.labels(scope["path"]).observe(0.0)
         return b"\r\n".join(head) + b"\r\n\r\n" + body
 
     def counted(self, app: ASGIApp) -> ASGIApp:

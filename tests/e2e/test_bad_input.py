@@ -343,7 +343,7 @@ def _metric(http: httpx.Client, pattern: str) -> float:
 
 
 def test_07_too_many_inputs_tokenizes_nothing(http: httpx.Client) -> None:
-    key = r'embed_stage_duration_seconds_count\{stage="tokenize"\}'
+    key = r'embed_stage_duration_seconds_count\{model="[^"]+",stage="tokenize"\}'
     before = _metric(http, key)
     check_error(http.post("/embed", json={"inputs": ["a"] * 10_000}), 413, "too_many_inputs", "/embed")
     assert _metric(http, key) == before
@@ -392,8 +392,8 @@ def test_27_batch_invariance_with_a_250_token_neighbour(http: httpx.Client, rout
     field_name = ROUTES[route]
     x = "the quick brown fox jumps over the lazy dog"
     neighbour = " ".join(f"word{i}" for i in range(250))
-    count_key = r'embed_batch_size_count\{graph="embed"\}'
-    sum_key = r'embed_batch_size_sum\{graph="embed"\}'
+    count_key = r'embed_batch_size_count\{graph="embed",model="[^"]+"\}'
+    sum_key = r'embed_batch_size_sum\{graph="embed",model="[^"]+"\}'
 
     def vectors(inputs: list[str]) -> list[list[float]]:
         body = http.post(route, json={field_name: inputs}).json()
@@ -413,7 +413,7 @@ def test_zz_server_still_ready_after_the_table(srv: ServerProcess, http: httpx.C
     assert http.get("/health").status_code == 200
     r = http.post("/embed", json={"inputs": "still fine"})
     assert r.status_code == 200 and all_numbers_finite(r.json())
-    assert _metric(http, "embed_queue_depth") == 0
+    assert _metric(http, r'embed_queue_depth\{model="[^"]+"\}') == 0
     assert srv.proc.poll() is None
     assert "Traceback" not in srv.log()
     assert MARK not in srv.log()

@@ -39,7 +39,8 @@ FAULT_ENV = {
 
 
 def metric(base_url: str, name: str) -> float:
-    match = re.search(rf"^{re.escape(name)} (\S+)$", httpx.get(f"{base_url}/metrics").text, re.MULTILINE)
+    match = re.search(rf'^{re.escape(name)}(?:\{{model="[^"]*"\}})? (\S+)$', httpx.get(f"{base_url}/metrics").text,
+                      re.MULTILINE)
     return float(match.group(1)) if match else 0.0
 
 

@@ -201,9 +201,10 @@ def test_attention_budget_and_bad_selection(client: httpx.Client) -> None:
 
 
 def test_probes_info_models_metrics(client: httpx.Client) -> None:
-    assert client.get("/health").json() == {"status": "ok"}
-    assert client.get("/ready").status_code == 200
     meta = info(client)
+    health = client.get("/health").json()
+    assert health["status"] == "ok" and health["models"][meta["model_id"]]["status"] == "ok"
+    assert client.get("/ready").status_code == 200
     for key in ("model_id", "embedding_dim", "max_input_length", "pooling", "provider", "graph_variant", "limits",
                 "version"):
         assert key in meta
@@ -218,7 +219,7 @@ def test_probes_info_models_metrics(client: httpx.Client) -> None:
                  "embed_queue_timeouts_total", "embed_inference_failures_total"):
         assert name in text, name
     for stage in ("tokenize", "queue", "inference", "total"):
-        assert f'embed_stage_duration_seconds_count{{stage="{stage}"}}' in text
+        assert f'embed_stage_duration_seconds_count{{model="{meta["model_id"]}",stage="{stage}"}}' in text
 
 
 def test_request_id_echoed_or_generated(client: httpx.Client) -> None:
@@ -260,8 +261,8 @@ def test_batched_equals_alone_under_concurrency(client: httpx.Client, server: Se
 
     def batch_rows() -> tuple[float, float]:
         m = client.get("/metrics").text
-        ones = float(re.search(r'embed_batch_size_bucket\{graph="embed",le="1.0"\} (\S+)', m).group(1))
-        count = float(re.search(r'embed_batch_size_count\{graph="embed"\} (\S+)', m).group(1))
+        ones = float(re.search(r'embed_batch_size_bucket\{graph="embed",le="1.0",model="[^"]+"\} (\S+)', m).group(1))
+        count = float(re.search(r'embed_batch_size_count\{graph="embed",model="[^"]+"\} (\S+)', m).group(1))
         return ones, count
 
     before = batch_rows()

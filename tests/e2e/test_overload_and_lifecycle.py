@@ -32,7 +32,7 @@ AUTH = {"authorization": "Bearer test-key"}
 
 def metric(base_url: str, name: str) -> float:
     text = httpx.get(f"{base_url}/metrics").text
-    match = re.search(rf"^{re.escape(name)} (\S+)$", text, re.MULTILINE)
+    match = re.search(rf'^{re.escape(name)}(?:\{{model="[^"]*"\}})? (\S+)$', text, re.MULTILINE)
     return float(match.group(1)) if match else 0.0
 
 
