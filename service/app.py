@@ -27,11 +27,11 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service import __version__
+from service.api import task_routes  # noqa: F401  (registers the task routes on `inference`)
 from service.api.deps import AppContext, Lifecycle
 from service.api.errors import INTERNAL_ERROR_MESSAGE, error_response, family_of, install_error_handlers
 from service.api.openapi import ServedLimits, describe
 from service.api.request_ids import request_id as _request_id
-from service.api import task_routes  # noqa: F401  (registers the task routes on `inference`)
 from service.api.routes import ClientDisconnectedError, inference, probes
 from service.api.shed import INFERENCE_PATHS, Door, LoadShedMiddleware
 from service.metrics import Metrics

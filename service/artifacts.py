@@ -64,9 +64,9 @@ class Manifest:
     prompts: dict[str, str] = field(default_factory=dict)
     default_prompt_name: str | None = None
     task: str = "embed"
-    labels: tuple[str, ...] = ()
+    labels: tuple[str, ...] = ()  # rerank / classify: label names in logit order (config.json id2label)
     # Per-dimension (min, max) of the model's embeddings over the export's calibration texts, for int8/uint8.
-    quantization_ranges: tuple[np.ndarray, np.ndarray] | None = field(default=None, repr=False)  # rerank / classify: label names in logit order (config.json id2label)
+    quantization_ranges: tuple[np.ndarray, np.ndarray] | None = field(default=None, repr=False)
     raw: dict[str, Any] = field(repr=False, default_factory=dict)
 
     def graph(self, key: str) -> GraphSpec:

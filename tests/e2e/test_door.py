@@ -43,7 +43,8 @@ def _read_response(sock: socket.socket, timeout_s: float = 5.0) -> tuple[int, di
 def _hold_the_only_slot(srv: ServerProcess) -> None:
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:
-        if re.search(r'^embed_queue_depth\{model="[^"]+"\} 1\.0$', httpx.get(f"{srv.base_url}/metrics").text, re.MULTILINE):
+        text = httpx.get(f"{srv.base_url}/metrics").text
+        if re.search(r'^embed_queue_depth\{model="[^"]+"\} 1\.0$', text, re.MULTILINE):
             return
         time.sleep(0.02)
     raise AssertionError("the holding request never reached the queue")

@@ -64,7 +64,8 @@ def test_probes_need_the_key_when_not_public(tiny_artifact_dir: Path, tmp_path: 
 def test_token_limit_is_checked_before_compute(secured: ServerProcess) -> None:
     def inferences() -> float:
         text = httpx.get(f"{secured.base_url}/metrics").text
-        match = re.search(r'^embed_stage_duration_seconds_count\{model="[^"]+",stage="inference"\} (\S+)$', text, re.MULTILINE)
+        match = re.search(r'^embed_stage_duration_seconds_count\{model="[^"]+",stage="inference"\} (\S+)$', text,
+                          re.MULTILINE)
         return float(match.group(1)) if match else 0.0
 
     before = inferences()

@@ -228,7 +228,8 @@ ERROR_ENV = {
 
 
 def queue_depth(srv: ServerProcess) -> float:
-    match = re.search(r'^embed_queue_depth\{model="[^"]+"\} (\S+)$', httpx.get(f"{srv.base_url}/metrics").text, re.MULTILINE)
+    text = httpx.get(f"{srv.base_url}/metrics").text
+    match = re.search(r'^embed_queue_depth\{model="[^"]+"\} (\S+)$', text, re.MULTILINE)
     return float(match.group(1)) if match else 0.0
 
 
