@@ -167,6 +167,8 @@ def reply_parts(exc: ServiceError, family: Family = "openai") -> tuple[int, dict
         message = INFERENCE_FAILED_MESSAGE if isinstance(exc, InferenceError) else INTERNAL_ERROR_MESSAGE
     if family == "tei":
         status, err_type = tei_status_for(exc)
+    elif family == "cohere" and status == 422:
+        status = 400  # Cohere answers an invalid value with 400, and its SDK raises BadRequestError for it
     headers: dict[str, str] = {}
     if isinstance(exc, OverloadError) or status in (429, 503):
         headers["Retry-After"] = str(max(1, int(getattr(exc, "retry_after_s", 1))))

@@ -339,7 +339,8 @@ def _model_type(handle: ModelHandle) -> dict[str, Any]:
     m = handle.manifest
     if handle.task in ("rerank", "classify"):
         key = "reranker" if handle.task == "rerank" else "classifier"
-        return {key: {"id2label": dict(enumerate(m.labels)), "label2id": {v: i for i, v in enumerate(m.labels)}}}
+        id2label = {str(i): label for i, label in enumerate(m.labels)}
+        return {key: {"id2label": id2label, "label2id": {label: i for i, label in enumerate(m.labels)}}}
     return {"embedding": {"pooling": "splade" if handle.task == "sparse" else m.pooling}}
 
 

@@ -15,6 +15,7 @@ import numpy as np
 from starlette.requests import Request
 from starlette.responses import Response
 
+from service import compact
 from service.api.deps import ContextDep, ModelsDep
 from service.api.jsonio import JSONBody
 from service.api.routes import as_inputs, inference, model_for, parse, timing_headers, until_disconnect
@@ -123,8 +124,10 @@ async def tei_embed_sparse(request: Request, context: ContextDep, models: Models
     for row in result.rows:
         values, indices = row.sparse_values, row.sparse_indices
         keep = values > 0  # type: ignore[operator]
+        kept_indices, kept_values = indices[keep], values[keep]  # type: ignore[index]
+        order = np.argsort(kept_indices)  # TEI lists a sparse vector by vocabulary id
         out.append([{"index": int(i), "value": float(v)}
-                    for i, v in zip(indices[keep], values[keep], strict=True)])  # type: ignore[index]
+                    for i, v in zip(kept_indices[order], kept_values[order], strict=True)])
     return JSONBody(out, headers=timing_headers(result))
 
 
@@ -176,13 +179,10 @@ _PROMPT_ROLES = {"search_query": ("query",), "search_document": ("document", "pa
 
 @inference.post("/v2/embed")
 async def cohere_embed(request: Request, context: ContextDep, models: ModelsDep) -> Response:
-    from service import compact  # TEMP until service/compact.py lands
-
     body = await parse(request, context, CohereEmbedRequest)
     handle = model_for(models, body.model, "embed")
-    types = list(dict.fromkeys(body.embedding_types or ["float"]))
     ranges = handle.manifest.quantization_ranges
-    compact.check_types(types, ranges, body.output_dimension or handle.manifest.embedding_dim)
+    types = compact.parse_types(body.embedding_types or ["float"], has_ranges=ranges is not None)
     prompt = None
     if body.input_type is not None:
         roles = _PROMPT_ROLES[body.input_type]
