@@ -120,7 +120,8 @@ def _describe_bodies(app: FastAPI, context: AppContext) -> None:
             handle = context.models.default
             m = handle.manifest
             limits = ServedLimits(m.embedding_dim, m.num_layers, m.num_heads, context.settings.max_inputs_per_request,
-                                  handle.tokenizer.vocab_size)
+                                  handle.tokenizer.vocab_size, tuple(context.models.names),
+                                  context.settings.max_documents_per_request)
             app.openapi_schema = describe(base(), limits)  # base() caches FastAPI's document first
         return app.openapi_schema
 

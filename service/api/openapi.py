@@ -15,11 +15,16 @@ from pydantic import BaseModel, RootModel
 
 from service.api.errors import family_of
 from service.api.schemas import (
+    CohereEmbedRequest,
+    CohereRerankRequest,
     EncodeRequest,
     OpenAIEmbeddingsRequest,
     TEIDecodeRequest,
     TEIEmbedAllRequest,
     TEIEmbedRequest,
+    TEIEmbedSparseRequest,
+    TEIPredictRequest,
+    TEIRerankRequest,
     TEISimilarityRequest,
     TEITokenizeRequest,
 )
@@ -43,6 +48,13 @@ class TEIErrorResponse(BaseModel):
 
     error: str
     error_type: Literal["Unhealthy", "Backend", "Overloaded", "Validation", "Tokenizer", "Empty"]
+
+
+class CohereErrorResponse(BaseModel):
+    """Every non-2xx reply on Cohere's routes (/v2/rerank, /v2/embed) and Jina's /v1/rerank."""
+
+    id: str
+    message: str
 
 
 class Usage(BaseModel):
@@ -139,6 +151,63 @@ class ModelCard(BaseModel):
     object: Literal["model"]
     created: int
     owned_by: str
+    task: Literal["embed", "rerank", "classify", "sparse"]
+
+
+class TEIRank(BaseModel):
+    index: int
+    score: float
+    text: str | None = None
+
+
+class TEIRerankResponse(RootModel[list[TEIRank]]):
+    pass
+
+
+class TEIPrediction(BaseModel):
+    score: float
+    label: str
+
+
+class TEIPredictResponse(RootModel[list[TEIPrediction] | list[list[TEIPrediction]]]):
+    """One list of labels by score for one input, a list of them for a batch."""
+
+
+class TEISparseValue(BaseModel):
+    index: int
+    value: float
+
+
+class TEIEmbedSparseResponse(RootModel[list[list[TEISparseValue]]]):
+    pass
+
+
+class RerankDocument(BaseModel):
+    text: str
+
+
+class RerankResult(BaseModel):
+    index: int
+    relevance_score: float
+    document: RerankDocument | None = None
+
+
+class CohereRerankResponse(BaseModel):
+    """Cohere's (and, with `model` and `usage`, Jina's) rerank reply."""
+
+    id: str
+    results: list[RerankResult]
+    meta: dict[str, Any]
+    model: str | None = None
+    usage: dict[str, int] | None = None
+
+
+class CohereEmbedResponse(BaseModel):
+    id: str
+    embeddings: dict[str, list[Any]]  # embedding type -> one vector (or base64 string) per text
+    texts: list[str]
+    meta: dict[str, Any]
+    response_type: Literal["embeddings_by_type"]
 
 
 class ModelList(BaseModel):
@@ -153,8 +222,9 @@ class Info(RootModel[dict[str, Any]]):
 # path -> (method, request model(s) or None, success model or None for text/plain, error statuses). Errors are
 # in TEI's shape on TEI's routes (api/errors.TEI_PATHS), OpenAI's elsewhere.
 _INFERENCE_ERRORS = (400, 401, 404, 408, 413, 415, 422, 429, 500, 503)
-_TEI_ERRORS = (400, 401, 408, 413, 415, 422, 424, 429, 500, 503)
-_TEI_TOKENIZER_ERRORS = (400, 401, 408, 413, 415, 422, 500, 503)
+_TEI_ERRORS = (400, 401, 404, 408, 413, 415, 422, 424, 429, 500, 503)
+_TEI_TOKENIZER_ERRORS = (400, 401, 404, 408, 413, 415, 422, 500, 503)
+_COHERE_ERRORS = (400, 401, 404, 408, 413, 415, 429, 500, 503)  # Cohere answers invalid values with 400
 Requests = type[BaseModel] | tuple[type[BaseModel], ...] | None
 ROUTES: dict[str, tuple[str, Requests, type[BaseModel] | None, tuple[int, ...]]] = {
     "/v1/embeddings": ("post", OpenAIEmbeddingsRequest, OpenAIEmbeddingsResponse, _INFERENCE_ERRORS),
@@ -166,8 +236,14 @@ ROUTES: dict[str, tuple[str, Requests, type[BaseModel] | None, tuple[int, ...]]]
     "/tokenize": ("post", TEITokenizeRequest, TEITokenizeResponse, _TEI_TOKENIZER_ERRORS),
     "/decode": ("post", TEIDecodeRequest, TEIDecodeResponse, _TEI_TOKENIZER_ERRORS),
     "/v1/encode": ("post", EncodeRequest, EncodeResponse, _INFERENCE_ERRORS),
+    "/rerank": ("post", TEIRerankRequest, TEIRerankResponse, _TEI_ERRORS),
+    "/predict": ("post", TEIPredictRequest, TEIPredictResponse, _TEI_ERRORS),
+    "/embed_sparse": ("post", TEIEmbedSparseRequest, TEIEmbedSparseResponse, _TEI_ERRORS),
+    "/v2/rerank": ("post", CohereRerankRequest, CohereRerankResponse, _COHERE_ERRORS),
+    "/v1/rerank": ("post", CohereRerankRequest, CohereRerankResponse, _COHERE_ERRORS),
+    "/v2/embed": ("post", CohereEmbedRequest, CohereEmbedResponse, _COHERE_ERRORS),
     "/v1/models": ("get", None, ModelList, (401, 500)),
-    "/info": ("get", None, Info, (401, 500, 503)),
+    "/info": ("get", None, Info, (401, 404, 500, 503)),
     "/health": ("get", None, Status, (401, 500, 503)),
     "/ready": ("get", None, Status, (401, 500, 503)),
     "/metrics": ("get", None, None, (401, 500)),
@@ -199,6 +275,8 @@ class ServedLimits:
     num_heads: int
     max_inputs: int
     vocab_size: int
+    models: tuple[str, ...] = ()  # the served model names, the values `model` may take
+    max_documents: int = 1000
 
 
 def _limit_text(schema: dict[str, Any], limits: ServedLimits, *, allow_empty_text: bool) -> None:
@@ -233,9 +311,19 @@ def _apply_limits(components: dict[str, Any], limits: ServedLimits) -> None:
             props["source_sentence"]["minLength"] = 1
             props["sentences"].update(minItems=1, maxItems=limits.max_inputs - 1)
             props["sentences"]["items"]["minLength"] = 1
-        for branch in props.get("dimensions", {}).get("anyOf", []):
-            if branch.get("type") == "integer":
-                branch["maximum"] = limits.embedding_dim
+        for key in ("dimensions", "output_dimension"):
+            for branch in props.get(key, {}).get("anyOf", []):
+                if branch.get("type") == "integer":
+                    branch["maximum"] = limits.embedding_dim
+        if limits.models and name.endswith("Request") and "model" in props:
+            for branch in props["model"].get("anyOf", []):
+                if branch.get("type") == "string":
+                    branch["enum"] = list(limits.models)
+        if name in ("TEIRerankRequest", "CohereRerankRequest"):
+            field = "texts" if name == "TEIRerankRequest" else "documents"
+            props[field].update(minItems=1, maxItems=limits.max_documents)
+        if name == "CohereEmbedRequest":
+            props["texts"].update(minItems=1, maxItems=limits.max_inputs)
         if name == "AttentionOptions":
             for field, count in (("layers", limits.num_layers), ("heads", limits.num_heads)):
                 for branch in props[field].get("anyOf", []):
@@ -246,7 +334,8 @@ def _apply_limits(components: dict[str, Any], limits: ServedLimits) -> None:
 def describe(schema: dict[str, Any], limits: ServedLimits | None = None) -> dict[str, Any]:
     """Fill the generated OpenAPI document in place with bodies, replies and error statuses; return it."""
     components = schema.setdefault("components", {}).setdefault("schemas", {})
-    errors = {"openai": _ref(ErrorResponse, components), "tei": _ref(TEIErrorResponse, components)}
+    errors = {"openai": _ref(ErrorResponse, components), "tei": _ref(TEIErrorResponse, components),
+              "cohere": _ref(CohereErrorResponse, components)}
     for path, (method, request, reply, statuses) in ROUTES.items():
         operation = schema.get("paths", {}).get(path, {}).get(method)
         if operation is None:

@@ -357,3 +357,20 @@ def test_bad_input_on_task_routes_is_a_4xx_in_the_route_shape(http: httpx.Client
         assert isinstance(content.get("error"), str) and "error_type" in content
     text = reply.text
     assert "long long" not in text and "x x x" not in text  # the input is never echoed
+
+
+@pytest.mark.slow
+def test_schemathesis_on_the_task_routes_finds_no_server_error(served: Served) -> None:
+    """Positive and negative cases on every new route against the several-model server; `model` is an enum of
+    the served names in /openapi.json, so generated requests reach every head (and the wrong-task 400s)."""
+    pytest.importorskip("schemathesis")
+    from bench.fuzz import run_schemathesis
+
+    result = run_schemathesis(served.url, max_examples=20, seed=3, workers=2, timeout_s=240,
+                              path_regex=TASK_PATH_REGEX)
+    assert result["returncode"] == 0, result["summary"]
+    assert result["generated"] >= 200, result["summary"]
+    assert result["failures"] == 0
+
+
+TASK_PATH_REGEX = "^/(rerank|predict|embed_sparse|v1/rerank|v2/rerank|v2/embed)$"
