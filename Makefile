@@ -8,6 +8,10 @@ HOST ?= 127.0.0.1
 # or a checkpoint directory; the artifacts go under the name export gives it (a directory's last component).
 MODEL ?= all-MiniLM-L6-v2
 ARTIFACT_DIR ?= artifacts/$(notdir $(abspath $(MODEL)))
+# Several models in one process: MODELS="all-MiniLM-L6-v2 all-mpnet-base-v2" (each exported as MODEL is; the
+# first is the default of requests that name no model).
+MODELS ?=
+comma := ,
 # `make serve` installs the serve and export sets only; `make test` adds the test toolchain.
 SERVE_STAMP := $(VENV)/.installed-serve
 TEST_STAMP := $(VENV)/.installed-test
@@ -31,8 +35,15 @@ install: $(SERVE_STAMP)
 export: $(SERVE_STAMP)
 	$(PY) -m export --model $(MODEL) --out $(ARTIFACT_DIR)
 
+ifeq ($(strip $(MODELS)),)
 serve: export
 	EMBED_ARTIFACT_DIR=$(ARTIFACT_DIR) EMBED_HOST=$(HOST) EMBED_PORT=$(PORT) $(PY) -m service
+else
+serve: $(SERVE_STAMP)
+	$(foreach m,$(MODELS),$(PY) -m export --model $(m) --out artifacts/$(notdir $(abspath $(m))) &&) true
+	EMBED_MODELS="$(subst $(eval) ,$(comma),$(foreach m,$(MODELS),$(notdir $(abspath $(m)))=artifacts/$(notdir $(abspath $(m)))))" \
+		EMBED_HOST=$(HOST) EMBED_PORT=$(PORT) $(PY) -m service
+endif
 
 test: $(TEST_STAMP)
 	$(VENV)/bin/ruff check .
