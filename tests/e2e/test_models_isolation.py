@@ -10,6 +10,7 @@ live and ready while any model is. SIGTERM drains the queues of every model.
 from __future__ import annotations
 
 import re
+import shutil
 import threading
 import time
 from collections.abc import Callable
@@ -142,3 +143,40 @@ def test_sigterm_drains_every_models_queue(start_server: Callable[..., ServerPro
     assert queued == {"left", "right"}, outcomes  # what both queues held was answered
     assert all(s in (200, "ConnectError") for _, s in outcomes), outcomes  # nothing accepted was lost
     assert "every model's batcher drained" in srv.log()
+
+
+def test_start_up_names_the_bad_model_and_file(tiny_artifact_dir: Path, tmp_path: Path) -> None:
+    from tests.e2e.test_overload_and_lifecycle import _start_and_wait
+
+    copy = tmp_path / "broken"
+    shutil.copytree(tiny_artifact_dir, copy)
+    (copy / "tokenizer.json").write_text("{}")
+    proc = _start_and_wait(tiny_artifact_dir, EMBED_MODELS=f"good={tiny_artifact_dir},bad={copy}")
+    assert proc.returncode == 2
+    errors = [line for line in proc.stderr.splitlines() if " ERROR " in line]
+    assert len(errors) == 1, proc.stderr
+    assert "model 'bad'" in errors[0] and "tokenizer.json" in errors[0] and "checksum mismatch" in errors[0]
+    assert "Traceback" not in proc.stderr and "Uvicorn running" not in proc.stderr
+    twice = _start_and_wait(tiny_artifact_dir, EMBED_MODELS=f"{tiny_artifact_dir},{tiny_artifact_dir}")
+    assert twice.returncode == 2 and "served twice" in twice.stderr
+
+
+def test_per_model_queue_limit_refuses_only_that_model(start_server: Callable[..., ServerProcess],
+                                                       tiny_artifact_dir: Path) -> None:
+    srv = start_server(EMBED_MODELS=f"small={tiny_artifact_dir};max_queue_size=1;max_batch_tokens=512,"
+                                    f"big={tiny_artifact_dir}",
+                       EMBED_FAULT_INJECTION="true", EMBED_FAULT_DURATION_S="3", EMBED_WATCHDOG_TIMEOUT_S="10",
+                       EMBED_INTRA_OP_THREADS="1")
+    url = srv.base_url
+    info = httpx.get(f"{url}/info", params={"model": "small"}).json()
+    assert info["limits"]["max_queue_size"] == 1 and info["max_batch_tokens"] == 512
+    assert httpx.get(f"{url}/info", params={"model": "big"}).json()["limits"]["max_queue_size"] == 2048
+    hold = threading.Thread(target=_embed, args=(url, "small", f"hold {FAULT_MARKERS['hang']}"))
+    hold.start()
+    try:
+        assert _wait(lambda: 'embed_queue_depth{model="small"} 1.0' in httpx.get(f"{url}/metrics").text, 5)
+        refused = _embed(url, "small", "one more")
+        assert refused.status_code == 429 and int(refused.headers["retry-after"]) >= 1
+        assert _embed(url, "big", "the other model has room").status_code == 200
+    finally:
+        hold.join(timeout=10)
