@@ -7,9 +7,12 @@ import json
 import logging
 import shutil
 import tempfile
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from tokenizers import Tokenizer
@@ -24,9 +27,13 @@ from export.manifest import (
     write_manifest,
 )
 from export.quantization import quantization_ranges
-from export.validate import Batch, ValidationError, make_batches, validate
+from export.validate import Batch, Report, ValidationError, make_batches, validate
 from export.validation_corpus import SENTENCES
 from model import CheckpointError, EncoderConfig, LoadedCheckpoint, load_checkpoint
+
+if TYPE_CHECKING:
+    from model.families.base import Family
+    from model.task_checkpoint import LoadedTaskCheckpoint
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +84,7 @@ def inputs_fingerprint(options: ExportOptions) -> str:
     return digest.hexdigest()
 
 
-def _write_tokenizer(checkpoint: LoadedCheckpoint, path: Path) -> Tokenizer:
+def _write_tokenizer(checkpoint: LoadedCheckpoint | LoadedTaskCheckpoint, path: Path) -> Tokenizer:
     """Copy the tokenizer with truncation and padding switched off: the service owns both policies, and the
     embedded MiniLM file silently truncates and pads at 128 while the model allows 256."""
     tokenizer = Tokenizer.from_file(str(checkpoint.tokenizer_file))
@@ -113,13 +120,11 @@ def _latency_batch(vocab_size: int, names: tuple[str, ...]) -> Batch:
     return Batch(ids, np.ones_like(ids), names)
 
 
-def _graph_entry(name: str, hidden: int, embedding_dim: int, report_parity: dict[str, Any],
-                 latency: dict[str, float], out_dir: Path) -> dict[str, Any]:
-    outputs = [io_spec("last_hidden_state", "float32", ["batch_size", "sequence_length", hidden]),
-               io_spec("sentence_embedding", "float32", ["batch_size", embedding_dim])]
+def _graph_entry(name: str, outputs: list[dict[str, Any]], report: Report, out_dir: Path) -> dict[str, Any]:
+    """One graph's manifest entry; `outputs` are the head's, the attention graph adds every layer's probabilities."""
     if name == "attention":
-        outputs.append(io_spec("attentions", "float32",
-                               ["num_layers", "batch_size", "num_heads", "sequence_length", "sequence_length"]))
+        outputs = [*outputs, io_spec("attentions", "float32",
+                                     ["num_layers", "batch_size", "num_heads", "sequence_length", "sequence_length"])]
     providers = {"fp16": ["CUDAExecutionProvider"], "int8": ["CPUExecutionProvider"]}.get(
         name, ["CPUExecutionProvider", "CUDAExecutionProvider"])
     entry: dict[str, Any] = {
@@ -128,11 +133,11 @@ def _graph_entry(name: str, hidden: int, embedding_dim: int, report_parity: dict
         "providers": providers,
         "default": name == "fp32",
         "size_bytes": sum(p.stat().st_size for p in out_dir.glob(GRAPH_FILES[name] + "*")),
-        "parity": report_parity.get(name, {}),
+        "parity": report.parity.get(name, {}),
     }
-    if name in latency:
+    if name in report.latency_ms:
         entry["latency_ms"] = {"batch": 8, "sequence_length": 64, "provider": "CPUExecutionProvider",
-                               "median": latency[name]}
+                               "median": report.latency_ms[name]}
     return entry
 
 
@@ -142,6 +147,86 @@ def _attention_pattern(config: EncoderConfig) -> dict[str, Any]:
     return {"causal": config.causal, "local_window": config.local_window if local else 0, "local_layers": local,
             "num_kv_heads": config.kv_heads, "position": config.position_embedding,
             "relative_bias": bool(config.relative_attention_buckets)}
+
+
+@dataclass
+class _Build:
+    """What an export has made so far in its staging directory: the tokenizer, the graphs, what was dropped."""
+
+    dir: Path
+    tokenizer: Tokenizer
+    special_tokens: dict[str, int]
+    graphs: dict[str, Path] = field(default_factory=dict)
+    fused_operators: dict[str, int] = field(default_factory=dict)
+    dropped_variants: dict[str, str] = field(default_factory=dict)
+
+    def export_graphs(self, export_graph: Callable[..., None], config: EncoderConfig, family: Family,
+                      variants: bool) -> None:
+        """The exact graphs (`export_graph(path, with_attentions=...)`), the fused one, and int8/fp16 from it."""
+        self.graphs = {name: self.dir / GRAPH_FILES[name] for name in ("fp32", "fp32-fused", "attention")}
+        export_graph(self.graphs["fp32"], with_attentions=False)
+        export_graph(self.graphs["attention"], with_attentions=True)
+        self.fused_operators = optimize.fuse(self.graphs["fp32"], self.graphs["fp32-fused"], config,
+                                             family.optimizer_model_type)
+        if variants:
+            optimize.to_int8(self.graphs["fp32-fused"], self.dir / GRAPH_FILES["int8"])
+            optimize.to_fp16(self.graphs["fp32-fused"], self.dir / GRAPH_FILES["fp16"])
+            self.graphs["int8"] = self.dir / GRAPH_FILES["int8"]
+            self.graphs["fp16"] = self.dir / GRAPH_FILES["fp16"]
+
+    def drop(self, name: str, reason: str) -> None:
+        """Leave an opt-in variant out, with its files; the log and the manifest's dropped_variants say why."""
+        self.dropped_variants[name] = reason
+        log.warning("%s variant dropped: %s", name, reason)
+        (self.dir / GRAPH_FILES[name]).unlink()
+        for data_file in self.dir.glob(GRAPH_FILES[name] + ".data"):
+            data_file.unlink()
+        del self.graphs[name]
+
+
+@contextmanager
+def _staging(options: ExportOptions, checkpoint: LoadedCheckpoint | LoadedTaskCheckpoint) -> Iterator[_Build]:
+    """A build directory beside out_dir holding the copied tokenizer; when the block ends without an error (its
+    last step writes the manifest) it replaces out_dir, otherwise out_dir is left as it was."""
+    options.out_dir.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=options.out_dir.parent, prefix=f".{options.out_dir.name}.") as tmp:
+        build = Path(tmp) / "build"
+        build.mkdir()
+        tokenizer = _write_tokenizer(checkpoint, build / "tokenizer.json")
+        yield _Build(build, tokenizer, tokenizer_info.special_tokens(options.model_dir, tokenizer))
+        if options.out_dir.exists():
+            shutil.rmtree(options.out_dir)
+        build.rename(options.out_dir)
+
+
+def _common_manifest(options: ExportOptions, fingerprint: str, checkpoint: LoadedCheckpoint | LoadedTaskCheckpoint,
+                     build: _Build, *, padding_side: str, max_seq_length: int,
+                     prompts: tuple[dict[str, str], str | None]) -> dict[str, Any]:
+    """The manifest keys every task writes the same way; each pipeline adds its task's keys, inputs and graphs."""
+    config = checkpoint.config
+    return {
+        "format_version": FORMAT_VERSION,
+        "model_name": options.model_name,
+        "source": {"path": str(options.model_dir), "weights_file": checkpoint.weights_file.name,
+                   "weights_sha256": sha256_file(checkpoint.weights_file)},
+        "family": checkpoint.family.name,
+        "config": config.to_dict(),
+        "hidden_size": config.hidden_size,
+        "vocab_size": build.tokenizer.get_vocab_size(with_added_tokens=True),
+        "padding_side": padding_side,
+        "attention_pattern": _attention_pattern(config),
+        "max_seq_length": max_seq_length,
+        "prompts": prompts[0],
+        "default_prompt_name": prompts[1],
+        "opset": onnx_export.OPSET,
+        "fused_operators": build.fused_operators,
+        "dropped_variants": build.dropped_variants,
+        "special_tokens": build.special_tokens,
+        "token_style": tokenizer_info.token_style(build.tokenizer),
+        "versions": library_versions(),
+        "export": {"inputs_sha256": fingerprint, "created_by": "python -m export",
+                   "validation_sentences": len(SENTENCES)},
+    }
 
 
 def resolve_task(options: ExportOptions) -> str:
@@ -172,88 +257,45 @@ def run_export(options: ExportOptions) -> Path:
 
         return run_task_export(options, task, fingerprint)
     checkpoint = load_checkpoint(options.model_dir)
-    prompts, default_prompt_name = read_prompts(options.model_dir)
+    prompts = read_prompts(options.model_dir)
     config = checkpoint.config
     encoder = checkpoint.encoder
     names = onnx_export.input_names(encoder)
     side = tokenizer_info.padding_side(options.model_dir, checkpoint.family.padding_side)
-    options.out_dir.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=options.out_dir.parent, prefix=f".{options.out_dir.name}.") as tmp:
-        work = Path(tmp)
-        build = work / "build"
-        build.mkdir()
-        tokenizer = _write_tokenizer(checkpoint, build / "tokenizer.json")
-        graphs = {name: build / GRAPH_FILES[name] for name in ("fp32", "fp32-fused", "attention")}
-        special = tokenizer_info.special_tokens(options.model_dir, tokenizer)
-        threshold = options.external_data_threshold
-        onnx_export.export_graph(encoder, graphs["fp32"], with_attentions=False, external_data_threshold=threshold)
-        onnx_export.export_graph(encoder, graphs["attention"], with_attentions=True,
-                                 external_data_threshold=threshold)
-        fused_ops = optimize.fuse(graphs["fp32"], graphs["fp32-fused"], config,
-                                  checkpoint.family.optimizer_model_type)
-        if options.variants:
-            optimize.to_int8(graphs["fp32-fused"], build / GRAPH_FILES["int8"])
-            optimize.to_fp16(graphs["fp32-fused"], build / GRAPH_FILES["fp16"])
-            graphs["int8"] = build / GRAPH_FILES["int8"]
-            graphs["fp16"] = build / GRAPH_FILES["fp16"]
+    with _staging(options, checkpoint) as build:
+        build.export_graphs(partial(onnx_export.export_graph, encoder,
+                                    external_data_threshold=options.external_data_threshold),
+                            config, checkpoint.family, options.variants)
         max_len = checkpoint.pooling.max_seq_length
-        batches = make_batches(tokenizer, SENTENCES, max_len, sizes=(5, 4, 7), names=names, padding_side=side,
-                               pad_id=special.get("pad", config.pad_token_id))
-        report = validate(encoder, graphs, batches, _latency_batch(config.vocab_size, names))
-        dropped: dict[str, str] = {}
+        pad_id = build.special_tokens.get("pad", config.pad_token_id)
+        batches = make_batches(build.tokenizer, SENTENCES, max_len, sizes=(5, 4, 7), names=names, padding_side=side,
+                               pad_id=pad_id)
+        report = validate(encoder, build.graphs, batches, _latency_batch(config.vocab_size, names))
         int8 = report.parity.get("int8", {})
         if int8 and int8["mean_cosine_vs_fp32"] < options.int8_min_cosine:
             # An opt-in variant too lossy for this model (all-mpnet-base-v2's dynamic int8 is near random) must not
             # cost the user the exact graphs: it is left out, said so in the log and the manifest.
-            dropped["int8"] = (f"mean cosine vs fp32 {int8['mean_cosine_vs_fp32']:.4f} < "
+            build.drop("int8", f"mean cosine vs fp32 {int8['mean_cosine_vs_fp32']:.4f} < "
                                f"{options.int8_min_cosine} (--int8-min-cosine)")
-            log.warning("int8 variant dropped: %s", dropped["int8"])
-            (build / GRAPH_FILES["int8"]).unlink()
-            for data_file in build.glob(GRAPH_FILES["int8"] + ".data"):
-                data_file.unlink()
-            del graphs["int8"]
         if report.failures:
             raise ValidationError("; ".join(report.failures))
-        pad_id = special.get("pad", config.pad_token_id)
-        ranges = quantization_ranges(encoder, tokenizer, max_len, names, side, pad_id,
+        ranges = quantization_ranges(encoder, build.tokenizer, max_len, names, side, pad_id,
                                      checkpoint.pooling.normalize)
+        outputs = [io_spec("last_hidden_state", "float32", ["batch_size", "sequence_length", config.hidden_size]),
+                   io_spec("sentence_embedding", "float32", ["batch_size", encoder.embedding_dim])]
         manifest: dict[str, Any] = {
-            "format_version": FORMAT_VERSION,
+            **_common_manifest(options, fingerprint, checkpoint, build, padding_side=side, max_seq_length=max_len,
+                               prompts=prompts),
             "task": "embed",
             "quantization_ranges": ranges,
-            "model_name": options.model_name,
-            "source": {"path": str(options.model_dir), "weights_file": checkpoint.weights_file.name,
-                       "weights_sha256": sha256_file(checkpoint.weights_file)},
-            "family": checkpoint.family.name,
-            "config": config.to_dict(),
-            "hidden_size": config.hidden_size,
             "embedding_dim": encoder.embedding_dim,
-            "vocab_size": tokenizer.get_vocab_size(with_added_tokens=True),
             "pooling": checkpoint.pooling.mode,
             "pooling_chain": checkpoint.pooling.chain(),
             "normalize": checkpoint.pooling.normalize,
-            "padding_side": side,
-            "attention_pattern": _attention_pattern(config),
-            "max_seq_length": max_len,
-            "prompts": prompts,
-            "default_prompt_name": default_prompt_name,
-            "opset": onnx_export.OPSET,
             "inputs": [io_spec(n, "int64", ["batch_size"] if n == "prompt_length" else
                                ["batch_size", "sequence_length"]) for n in names],
-            "graphs": {name: _graph_entry(name, config.hidden_size, encoder.embedding_dim, report.parity,
-                                          report.latency_ms, build)
-                       for name in graphs},
-            "fused_operators": fused_ops,
-            "dropped_variants": dropped,
-            "special_tokens": special,
-            "token_style": tokenizer_info.token_style(tokenizer),
-            "versions": library_versions(),
-            "export": {"inputs_sha256": fingerprint, "created_by": "python -m export",
-                       "validation_sentences": len(SENTENCES)},
+            "graphs": {name: _graph_entry(name, outputs, report, build.dir) for name in build.graphs},
         }
-        write_manifest(build, manifest)
-        if options.out_dir.exists():
-            shutil.rmtree(options.out_dir)
-        build.rename(options.out_dir)
-    log.info("wrote %s (%s)", options.out_dir, ", ".join(sorted(graphs)))
+        write_manifest(build.dir, manifest)
+    log.info("wrote %s (%s)", options.out_dir, ", ".join(sorted(build.graphs)))
     return options.out_dir

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import statistics
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 import torch
-from tokenizers import Tokenizer
+from tokenizers import Encoding, Tokenizer
 
 from model import Encoder
 
@@ -55,41 +56,17 @@ class Batch:
                      for name in ("input_ids", "attention_mask", "token_type_ids", "prompt_length"))
 
 
-def make_batches(tokenizer: Tokenizer, sentences: tuple[str, ...], max_len: int, sizes: tuple[int, ...],
-                 names: tuple[str, ...] = ("input_ids", "attention_mask", "token_type_ids"),
-                 padding_side: str = "right", pad_id: int = 0) -> list[Batch]:
-    """Split sentences into batches of the given sizes, padded on the model's side to each batch's longest row."""
+def _padded_chunks(tokenizer: Tokenizer, items: tuple, max_len: int, sizes: tuple[int, ...], padding_side: str,
+                   pad_id: int) -> Iterator[tuple[list[Encoding], np.ndarray, np.ndarray, np.ndarray]]:
+    """Per batch size: the next items (the first ones again once they run out), truncated to max_len, encoded,
+    and padded on the model's side to the batch's longest row as (encodings, ids, mask, segment ids)."""
     tok = Tokenizer.from_str(tokenizer.to_str())
     tok.enable_truncation(max_len)
-    batches, start = [], 0
+    start = 0
     for size in sizes:
-        chunk = sentences[start:start + size] or sentences[:size]
+        chunk = items[start:start + size] or items[:size]
         start += size
         encodings = tok.encode_batch(list(chunk))
-        width = max(len(e.ids) for e in encodings)
-        ids = np.full((len(chunk), width), pad_id, dtype=np.int64)
-        mask = np.zeros_like(ids)
-        for row, enc in enumerate(encodings):
-            cols = slice(width - len(enc.ids), width) if padding_side == "left" else slice(0, len(enc.ids))
-            ids[row, cols] = enc.ids
-            mask[row, cols] = 1
-        prompt = np.array([min(2, len(e.ids) - 1) for e in encodings], dtype=np.int64)
-        batches.append(Batch(ids, mask, names, prompt))
-    return batches
-
-
-def make_pair_batches(tokenizer: Tokenizer, pairs: tuple[tuple[str, str], ...], max_len: int,
-                      sizes: tuple[int, ...], names: tuple[str, ...], padding_side: str = "right",
-                      pad_id: int = 0) -> list[Batch]:
-    """(query, document) pairs tokenized as a cross-encoder sees them: the tokenizer's pair template and its
-    segment ids, truncated longest-first to max_len, padded on the model's side."""
-    tok = Tokenizer.from_str(tokenizer.to_str())
-    tok.enable_truncation(max_len)
-    batches, start = [], 0
-    for size in sizes:
-        chunk = pairs[start:start + size] or pairs[:size]
-        start += size
-        encodings = tok.encode_batch([tuple(p) for p in chunk])
         width = max(len(e.ids) for e in encodings)
         ids = np.full((len(chunk), width), pad_id, dtype=np.int64)
         mask = np.zeros_like(ids)
@@ -99,8 +76,25 @@ def make_pair_batches(tokenizer: Tokenizer, pairs: tuple[tuple[str, str], ...], 
             ids[row, cols] = enc.ids
             mask[row, cols] = 1
             types[row, cols] = enc.type_ids
-        batches.append(Batch(ids, mask, names, None, types))
-    return batches
+        yield encodings, ids, mask, types
+
+
+def make_batches(tokenizer: Tokenizer, sentences: tuple[str, ...], max_len: int, sizes: tuple[int, ...],
+                 names: tuple[str, ...] = ("input_ids", "attention_mask", "token_type_ids"),
+                 padding_side: str = "right", pad_id: int = 0) -> list[Batch]:
+    """Split sentences into batches of the given sizes, padded on the model's side to each batch's longest row."""
+    return [Batch(ids, mask, names, np.array([min(2, len(e.ids) - 1) for e in encodings], dtype=np.int64))
+            for encodings, ids, mask, _ in _padded_chunks(tokenizer, sentences, max_len, sizes, padding_side, pad_id)]
+
+
+def make_pair_batches(tokenizer: Tokenizer, pairs: tuple[tuple[str, str], ...], max_len: int,
+                      sizes: tuple[int, ...], names: tuple[str, ...], padding_side: str = "right",
+                      pad_id: int = 0) -> list[Batch]:
+    """(query, document) pairs tokenized as a cross-encoder sees them: the tokenizer's pair template and its
+    segment ids, truncated longest-first to max_len, padded on the model's side."""
+    return [Batch(ids, mask, names, None, types)
+            for _, ids, mask, types in _padded_chunks(tokenizer, tuple(tuple(p) for p in pairs), max_len, sizes,
+                                                      padding_side, pad_id)]
 
 
 def cpu_session(path: Path) -> ort.InferenceSession:
@@ -134,7 +128,24 @@ def _masked_max_abs(a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> float:
     return float(np.abs(a[real] - b[real]).max())
 
 
+def attention_max_abs(got: np.ndarray, want: torch.Tensor, mask: np.ndarray) -> float:
+    """Max |got-want| over the rows of real query tokens; padded keys must carry zero probability in both."""
+    real_rows = mask.astype(bool)
+    got = got.transpose(1, 3, 0, 2, 4)[real_rows]  # (N real queries, L, H, T)
+    return float(np.abs(got - want.numpy().transpose(1, 3, 0, 2, 4)[real_rows]).max())
+
+
+def check_attention(worst: float, failures: list[str]) -> None:
+    if worst > ATTENTION_TOLERANCE:
+        failures.append(f"attention: probabilities differ by {worst:.2e} > {ATTENTION_TOLERANCE}")
+
+
 FP16_MIN_COSINE = 0.999
+
+
+def not_runnable_on_cpu(exc: Exception) -> str:
+    """The parity note for an fp16 graph onnxruntime's CPU kernels cannot run."""
+    return f"not runnable on CPUExecutionProvider ({type(exc).__name__}); validated on CUDA only"
 
 
 def validate_fp16_on_cpu(path: Path, batches: list[Batch], expected: list, failures: list[str]) -> dict[str, object]:
@@ -156,7 +167,7 @@ def validate_fp16_on_cpu(path: Path, batches: list[Batch], expected: list, failu
         session = cpu_session(path)
         got = [session.run(["sentence_embedding"], b.feeds())[0] for b in batches]
     except Exception as exc:  # onnxruntime raises its own types; a missing fp16 CPU kernel is expected
-        figures["cpu"] = f"not runnable on CPUExecutionProvider ({type(exc).__name__}); validated on CUDA only"
+        figures["cpu"] = not_runnable_on_cpu(exc)
         return figures
     cosines = []
     for vectors, ref in zip(got, expected, strict=True):
@@ -189,11 +200,8 @@ def validate(encoder: Encoder, graphs: dict[str, Path], batches: list[Batch], la
             worst_hidden = max(worst_hidden, hidden_diff)
             worst_sentence = max(worst_sentence, float(np.abs(sentence - ref.sentence_embedding.numpy()).max()))
             if "attentions" in outputs:
-                # Compare rows of real query tokens; padded keys must carry zero probability in both.
-                real_rows = batch.attention_mask.astype(bool)
-                got = outputs["attentions"].transpose(1, 3, 0, 2, 4)[real_rows]  # (N real queries, L, H, T)
-                want = ref.attentions.numpy().transpose(1, 3, 0, 2, 4)[real_rows]
-                worst_attention = max(worst_attention, float(np.abs(got - want).max()))
+                worst_attention = max(worst_attention, attention_max_abs(outputs["attentions"], ref.attentions,
+                                                                         batch.attention_mask))
             if name == "fp32":
                 fp32_vectors.append(sentence)
             if name == "int8":
@@ -205,10 +213,7 @@ def validate(encoder: Encoder, graphs: dict[str, Path], batches: list[Batch], la
                                      "max_abs_diff_sentence_vs_torch": worst_sentence}
         if name == "attention":
             figures["max_abs_diff_attentions_vs_torch"] = worst_attention
-            if worst_attention > ATTENTION_TOLERANCE:
-                report.failures.append(
-                    f"attention: probabilities differ by {worst_attention:.2e} > {ATTENTION_TOLERANCE}"
-                )
+            check_attention(worst_attention, report.failures)
         if name in ("fp32", "fp32-fused", "attention") and max(worst_hidden, worst_sentence) > FP32_TOLERANCE:
             report.failures.append(f"{name}: max abs diff {max(worst_hidden, worst_sentence):.2e} > {FP32_TOLERANCE}")
         if name == "int8":

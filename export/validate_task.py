@@ -17,13 +17,15 @@ import torch
 from torch import nn
 
 from export.validate import (
-    ATTENTION_TOLERANCE,
     FP32_TOLERANCE,
     Batch,
     Report,
     _masked_max_abs,
+    attention_max_abs,
+    check_attention,
     cpu_session,
     median_latency_ms,
+    not_runnable_on_cpu,
 )
 
 log = logging.getLogger(__name__)
@@ -72,8 +74,7 @@ def validate_task(model: nn.Module, task: str, graphs: dict[str, Path], batches:
             session = cpu_session(path)
         except Exception as exc:  # onnxruntime raises its own types; fp16 may lack CPU kernels
             if name == "fp16":
-                report.parity[name] = {"cpu": f"not runnable on CPUExecutionProvider ({type(exc).__name__}); "
-                                              "validated on CUDA only"}
+                report.parity[name] = {"cpu": not_runnable_on_cpu(exc)}
                 continue
             raise
         worst_hidden = worst_out = worst_attention = 0.0
@@ -85,8 +86,7 @@ def validate_task(model: nn.Module, task: str, graphs: dict[str, Path], batches:
             except Exception as exc:  # a missing fp16 CPU kernel shows only at run time
                 if name != "fp16":
                     raise
-                report.parity[name] = {"cpu": f"not runnable on CPUExecutionProvider ({type(exc).__name__}); "
-                                              "validated on CUDA only"}
+                report.parity[name] = {"cpu": not_runnable_on_cpu(exc)}
                 break
             worst_hidden = max(worst_hidden, _masked_max_abs(outputs["last_hidden_state"],
                                                              ref.last_hidden_state.numpy(), batch.attention_mask))
@@ -109,10 +109,8 @@ def validate_task(model: nn.Module, task: str, graphs: dict[str, Path], batches:
                 worst_out = max(worst_out, float(np.abs(logits - ref.logits.numpy()).max()))
                 quality.append(_correlation(logits, ref.logits.numpy()))
             if "attentions" in outputs:
-                real_rows = batch.attention_mask.astype(bool)
-                got_att = outputs["attentions"].transpose(1, 3, 0, 2, 4)[real_rows]
-                want_att = ref.attentions.numpy().transpose(1, 3, 0, 2, 4)[real_rows]
-                worst_attention = max(worst_attention, float(np.abs(got_att - want_att).max()))
+                worst_attention = max(worst_attention, attention_max_abs(outputs["attentions"], ref.attentions,
+                                                                         batch.attention_mask))
         else:
             out_key = "max_abs_diff_sparse_vs_torch" if sparse else "max_abs_diff_logits_vs_torch"
             quality_key = "mean_cosine_vs_torch" if sparse else "logits_correlation_vs_torch"
@@ -122,9 +120,7 @@ def validate_task(model: nn.Module, task: str, graphs: dict[str, Path], batches:
                 figures["small_top_k_matches_torch"] = small_ok
             if name == "attention":
                 figures["max_abs_diff_attentions_vs_torch"] = worst_attention
-                if worst_attention > ATTENTION_TOLERANCE:
-                    report.failures.append(f"attention: probabilities differ by {worst_attention:.2e} > "
-                                           f"{ATTENTION_TOLERANCE}")
+                check_attention(worst_attention, report.failures)
             if name in _EXACT:
                 if max(worst_hidden, worst_out) > FP32_TOLERANCE:
                     report.failures.append(f"{name}: max abs diff {max(worst_hidden, worst_out):.2e} > "
