@@ -98,3 +98,13 @@ def test_token_budget_counts_the_padded_width_the_runner_will_run() -> None:
     run(main)
     assert [b[1] for b in observer.batches] == [4, 3]
     assert all(padded <= 64 for _, _, padded, _, _ in observer.batches)
+
+
+def test_several_models_split_the_cores_unless_threads_are_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    from service import registry
+
+    monkeypatch.setattr(registry.os, "cpu_count", lambda: 8)
+    assert registry.intra_op_threads_per_model(Settings(), 1) == 0  # one model: onnxruntime's own default
+    assert registry.intra_op_threads_per_model(Settings(), 2) == 4
+    assert registry.intra_op_threads_per_model(Settings(), 16) == 1
+    assert registry.intra_op_threads_per_model(Settings(intra_op_threads=3), 2) == 3
