@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from service.artifacts import Manifest, load_manifest
 from service.batching import Batcher, BatcherConfig, BatchRunner
 from service.engine import Engine
-from service.errors import ModelNotFoundError, OverloadError, QueueFullError, ServiceError
+from service.errors import ModelNotFoundError, QueueFullError, ServiceError
 from service.faults import FaultInjectingRunner
 from service.metrics import Metrics
 from service.runner import OnnxRunner
@@ -209,17 +209,16 @@ class ModelRegistry:
         if len(self.handles) == 1:
             self.default.batcher.check_capacity(requests_at_door)
             return
-        refusals: list[OverloadError] = []
-        room = 0
+        room = 0  # queue slots of the models that accept work; no exception is built unless one is answered
+        open_models = 0
         for handle in self.handles:
-            try:
-                handle.batcher.check_capacity(0)
-            except OverloadError as exc:
-                refusals.append(exc)
-            else:
-                room += handle.batcher.max_queue_size
-        if len(refusals) == len(self.handles):
-            raise refusals[0]
+            batcher = handle.batcher
+            if batcher.accepting:
+                room += batcher.max_queue_size
+                open_models += batcher.queue_depth < batcher.max_queue_size
+        if open_models == 0:
+            self.default.batcher.check_capacity(0)  # raises what every model would: full (429) or down (503)
+            raise QueueFullError("the server is at capacity; retry later", retry_after_s=1)
         if requests_at_door >= room:
             raise QueueFullError("the server is at capacity; retry later", retry_after_s=1)
 
