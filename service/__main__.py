@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import signal
 import socket
 import sys
@@ -86,7 +87,9 @@ def main() -> int:
         http=http,
         lifespan="on",
         log_level=settings.log_level,
-        timeout_graceful_shutdown=int(settings.graceful_timeout_s) or None,
+        # Whole seconds (uvicorn's type): a sub-second timeout rounds up to 1 s, and 0 means do not wait, never
+        # "wait forever" (which `int(x) or None` made of both).
+        timeout_graceful_shutdown=math.ceil(settings.graceful_timeout_s),
         access_log=False,
         server_header=False,
         log_config=None,

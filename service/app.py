@@ -49,7 +49,17 @@ def begin_drain(app: FastAPI) -> None:
     lifecycle: Lifecycle = app.state.context.lifecycle
     if not lifecycle.draining:
         lifecycle.draining = True
+        lifecycle.drain_began = time.monotonic()
         logger.info("shutdown requested: /ready is now 503; draining in-flight requests")
+
+
+def _drain_budget_s(settings: Settings, lifecycle: Lifecycle) -> float:
+    """What is left of drain delay + graceful timeout since the signal: uvicorn's wait for open requests and the
+    batchers' drain share one budget, so shutdown never takes drain delay + 2 x graceful timeout."""
+    if lifecycle.drain_began is None:  # the lifespan ended without a signal (tests, an embedding ASGI server)
+        return settings.graceful_timeout_s
+    spent = time.monotonic() - lifecycle.drain_began
+    return max(0.0, settings.drain_delay_s + settings.graceful_timeout_s - spent)
 
 
 def create_app(settings: Settings, *, models: Sequence[LoadedModel] | None = None) -> FastAPI:
@@ -73,7 +83,7 @@ def create_app(settings: Settings, *, models: Sequence[LoadedModel] | None = Non
         finally:
             lifecycle.draining = True
             lifecycle.ready = False
-            await registry.stop(timeout_s=settings.graceful_timeout_s)
+            await registry.stop(timeout_s=_drain_budget_s(settings, lifecycle))
             logger.info("every model's batcher drained; shut down")
 
     app = FastAPI(

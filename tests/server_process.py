@@ -37,6 +37,7 @@ class ServerProcess:
             EMBED_ARTIFACT_DIR=str(artifact_dir), EMBED_HOST="127.0.0.1", EMBED_PORT=str(self.port),
             EMBED_GRACEFUL_TIMEOUT_S="10", PYTHONUNBUFFERED="1", **env,
         )
+        self.was_ready = False
         self._log = log_path.open("wb")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "service"], cwd=REPO, env=full_env, stdout=self._log, stderr=subprocess.STDOUT
@@ -49,6 +50,7 @@ class ServerProcess:
                 raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log()}")
             try:
                 if httpx.get(f"{self.base_url}/ready", timeout=1.0).status_code == 200:
+                    self.was_ready = True
                     return self
             except httpx.TransportError:
                 pass
@@ -76,3 +78,9 @@ class ServerProcess:
             code = self.proc.wait()
         self._log.close()
         return code
+
+    def stop_and_check(self, timeout_s: float = 20.0) -> None:
+        """Stop, and fail unless a server that became ready exited 0: a clean drain is part of every test."""
+        code = self.stop(timeout_s)
+        if self.was_ready and code != 0:
+            raise AssertionError(f"server exited with {code}, not 0, on SIGTERM:\n{self.log()[-3000:]}")

@@ -28,6 +28,7 @@ class Lifecycle:
     ready: bool = False
     draining: bool = False
     started_at: float = field(default=0.0)
+    drain_began: float | None = None  # time.monotonic() when the shutdown signal arrived
 
 
 @dataclass(frozen=True)

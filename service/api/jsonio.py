@@ -70,18 +70,26 @@ async def _read_bounded(request: Request, max_bytes: int) -> bytes:
     return b"".join(chunks)
 
 
+def _reject_constant(name: str) -> Any:
+    """NaN, Infinity and -Infinity are not JSON; orjson refuses them, so the fallback must too."""
+    raise ValueError(f"{name} is not valid JSON")
+
+
 def parse_json(body: bytes) -> Any:
     """orjson first (fast, depth-capped, strict UTF-8). It also rejects JSON-escaped lone surrogates
-    (``"\\ud800"``), which are valid JSON text; for those the stdlib parser takes over so the request can get
-    the precise 422 `invalid_text` instead of a 400. The stdlib's RecursionError on a nesting bomb is a 400 too.
+    (``"\\ud800"``), which are valid JSON text; only a body holding such an escape goes to the stdlib parser, so
+    the request can get the precise 422 `invalid_text` instead of a 400. Any other body orjson refuses is a 400
+    at once (a 2 MB invalid body is not parsed twice), and the fallback refuses what orjson does: NaN and
+    Infinity, and a nesting bomb (RecursionError).
     """
     if not body.strip():
         raise InvalidJSONError("request body is empty; expected a JSON object")
     try:
         return orjson.loads(body)
     except orjson.JSONDecodeError:
-        pass
+        if b"\\ud" not in body.lower():
+            raise InvalidJSONError("request body is not valid UTF-8 JSON") from None
     try:
-        return json.loads(body.decode("utf-8"))
+        return json.loads(body.decode("utf-8"), parse_constant=_reject_constant)
     except (UnicodeDecodeError, ValueError, RecursionError):
         raise InvalidJSONError("request body is not valid UTF-8 JSON") from None

@@ -52,16 +52,6 @@ export function encode(payload, signal) {
   });
 }
 
-/** The first integer found at any of `paths` (dotted) in `obj`: /info's layout is the service's to choose. */
-export function pickInt(obj, paths) {
-  for (const path of paths) {
-    let v = obj;
-    for (const key of path.split(".")) v = v == null ? undefined : v[key];
-    if (Number.isInteger(v)) return v;
-  }
-  return null;
-}
-
 function halfToFloat(h) {
   const sign = h & 0x8000 ? -1 : 1;
   const exp = (h >> 10) & 0x1f;

@@ -14,7 +14,7 @@
 //                   (top 3 by mean over heads, [CLS]/[SEP] left out unless #hide-special is unchecked)
 //   #similarity     data-labels (JSON sentences), data-values (JSON N×N cosine, 6 decimals); td[data-value]
 
-import { ApiError, decodeAttention, encode, getInfo, pickInt } from "./api.js";
+import { ApiError, decodeAttention, encode, getInfo } from "./api.js";
 import { colour, css, inkOn } from "./colormap.js";
 import { drawLegend, drawMatrix, drawThumb, hitTest, layoutMatrix } from "./heatmap.js";
 
@@ -544,10 +544,9 @@ function onHeatmapClick(event) {
 async function loadInfo() {
   try {
     const info = await getInfo();
-    const name = info.model_name ?? info.model ?? info.model_id ?? info.name ?? "model";
-    const layers = pickInt(info, ["num_layers", "config.num_layers", "model.num_layers", "manifest.config.num_layers"]);
-    const heads = pickInt(info, ["num_heads", "config.num_heads", "model.num_heads", "manifest.config.num_heads"]);
-    const dim = pickInt(info, ["embedding_dim", "config.embedding_dim", "model.embedding_dim", "manifest.embedding_dim"]);
+    const name = info.model_id;  // the served name (/info always has it; docs/api.md)
+    // The fields the server defines for /info (service/api/routes.py describe_model), read as they are.
+    const { num_layers: layers, num_heads: heads, embedding_dim: dim } = info;
     const parts = [name];
     if (layers && heads) parts.push(`${layers} layers × ${heads} heads`);
     if (dim) parts.push(`dim ${dim}`);

@@ -23,11 +23,12 @@ def test_loadtest_ramps_every_scenario_and_writes_its_report(tiny_artifact_dir: 
         code = loadtest.main(["--url", server.base_url, "--concurrency", "1,3", "--step-seconds", "0.6",
                               "--step-requests", "40", "--out", str(out)])
     finally:
-        server.stop()
+        server.stop_and_check()
     assert code == 0
     report = json.loads((out / "loadtest.json").read_text())
     png = (out / "loadtest.png").read_bytes()
-    assert png.startswith(b"\x89PNG") and len(png) > 10_000
+    assert png.startswith(b"\x89PNG")
+    assert len(png) > 10_000
 
     steps = {(s["scenario"], s["concurrency"]): s for s in report["steps"]}
     assert set(steps) == {(name, c) for name in ("single", "batch32", "mixed", "attention") for c in (1, 3)}

@@ -42,8 +42,13 @@ def start_server(
         return proc.wait_ready()
 
     yield _start
+    failures = []
     for proc in started:
-        proc.stop()
+        try:
+            proc.stop_and_check()
+        except AssertionError as exc:
+            failures.append(str(exc))
+    assert not failures, "\n\n".join(failures)
 
 
 @pytest.fixture(scope="module")

@@ -40,7 +40,7 @@ def served(family: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tu
         with httpx.Client(base_url=server.base_url, timeout=60.0) as client:
             yield checkpoint, artifact, client
     finally:
-        server.stop()
+        server.stop_and_check()
 
 
 def _reference(checkpoint: Path, texts: list[str], **kwargs: object) -> np.ndarray:
@@ -75,7 +75,8 @@ def test_manifest_describes_the_family(family: str, served: tuple[Path, Path, ht
         assert max(parity["max_abs_diff_hidden_vs_torch"], parity["max_abs_diff_sentence_vs_torch"]) <= 1e-4
     assert manifest["graphs"]["attention"]["parity"]["max_abs_diff_attentions_vs_torch"] <= 1e-5
     info = client.get("/info").json()
-    assert info["family"] == family and info["padding_side"] == manifest["padding_side"]
+    assert info["family"] == family
+    assert info["padding_side"] == manifest["padding_side"]
 
 
 def test_served_vectors_equal_sentence_transformers(served: tuple[Path, Path, httpx.Client]) -> None:
@@ -98,7 +99,8 @@ def test_input_type_query_applies_the_query_prompt(family: str, served: tuple[Pa
     # The model has no document prompt: documents are embedded as they are.
     assert _cosines(_embed(client, texts, input_type="document"), _reference(checkpoint, texts)).min() >= COSINE_MIN
     both = client.post("/v1/embeddings", json={"input": texts, "input_type": "query", "prompt_name": "query"})
-    assert both.status_code == 422 and both.json()["error"]["param"] == "input_type"
+    assert both.status_code == 422
+    assert both.json()["error"]["param"] == "input_type"
 
 
 def test_attention_maps_show_the_visibility_pattern(family: str, served: tuple[Path, Path, httpx.Client]) -> None:
@@ -119,7 +121,8 @@ def test_attention_maps_show_the_visibility_pattern(family: str, served: tuple[P
         assert n > 8
     for layer in pattern["local_layers"]:
         outside = np.abs(queries - keys) > pattern["local_window"] // 2
-        assert outside.any() and np.all(maps[layer][..., outside] == 0)
+        assert outside.any()
+        assert np.all(maps[layer][..., outside] == 0)
     if family == "qwen3":
         assert pattern["num_kv_heads"] < manifest["config"]["num_heads"]  # GQA, still one map per query head
     if family == "qwen3":

@@ -38,7 +38,7 @@ def served(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
         with httpx.Client(base_url=server.base_url, timeout=60.0) as client:
             yield checkpoint, artifact, client
     finally:
-        server.stop()
+        server.stop_and_check()
 
 
 def _embed(client: httpx.Client, texts: list[str], **extra: object) -> np.ndarray:

@@ -67,7 +67,7 @@ def served(real_artifact_dir: Path, real_checkpoint_dir: Path,
     try:
         yield Served(server.base_url, checkpoints, artifacts)
     finally:
-        server.stop()
+        server.stop_and_check()
 
 
 @pytest.fixture(scope="module")
@@ -105,14 +105,16 @@ def test_models_are_listed_with_their_tasks_and_described(http: httpx.Client, se
                       "bert-classifier": "classify", "bert-splade": "sparse"}
     assert http.get("/info").json()["model_id"] == "embedder"
     reranker = http.get("/info", params={"model": "bert-reranker"}).json()
-    assert reranker["task"] == "rerank" and "reranker" in reranker["model_type"]
+    assert reranker["task"] == "rerank"
+    assert "reranker" in reranker["model_type"]
     assert reranker["resident_bytes_estimate"] > 0
     both = http.get("/info", params=[("model", "embedder"), ("model", "bert-classifier")]).json()
     assert [b["model_id"] for b in both] == ["embedder", "bert-classifier"]
     assert both[1]["labels"] == [CLASSIFIER_LABELS[i] for i in range(3)]
     assert len(http.get("/info", params={"model": "all"}).json()) == len(listed)
     health = http.get("/health").json()
-    assert health["status"] == "ok" and set(health["models"]) == set(listed)
+    assert health["status"] == "ok"
+    assert set(health["models"]) == set(listed)
     assert set(http.get("/ready").json()["models"].values()) == {"ready"}
     metrics = http.get("/metrics").text
     for name in listed:
@@ -128,7 +130,8 @@ def test_openai_sdk_selects_the_embedder_by_name(served: Served) -> None:
     texts = mixed_texts()[:4]
     first = client.embeddings.create(model="embedder", input=texts)
     second = client.embeddings.create(model="xlmr-embedder", input=texts)
-    assert first.model == "embedder" and second.model == "xlmr-embedder"
+    assert first.model == "embedder"
+    assert second.model == "xlmr-embedder"
     from sentence_transformers import SentenceTransformer
 
     for reply, name in ((first, "embedder"), (second, "xlmr-embedder")):
@@ -140,15 +143,20 @@ def test_openai_sdk_selects_the_embedder_by_name(served: Served) -> None:
 
 def test_unknown_model_is_404_and_wrong_task_400_in_each_shape(http: httpx.Client) -> None:
     r = http.post("/v1/embeddings", json={"model": "nope", "input": "x"})
-    assert r.status_code == 404 and r.json()["error"]["code"] == "model_not_found"
+    assert r.status_code == 404
+    assert r.json()["error"]["code"] == "model_not_found"
     r = http.post("/embed", json={"model": "nope", "inputs": "x"})
-    assert r.status_code == 404 and r.json()["error_type"] == "Validation"
+    assert r.status_code == 404
+    assert r.json()["error_type"] == "Validation"
     r = http.post("/v2/rerank", json={"model": "nope", "query": "q", "documents": ["d"]})
-    assert r.status_code == 404 and "message" in r.json()
+    assert r.status_code == 404
+    assert "message" in r.json()
     r = http.post("/rerank", json={"model": "embedder", "query": "q", "texts": ["d"]})
-    assert r.status_code == 400 and "reranker" in r.json()["error"]
+    assert r.status_code == 400
+    assert "reranker" in r.json()["error"]
     r = http.post("/v1/embeddings", json={"model": "bert-reranker", "input": "x"})
-    assert r.status_code == 400 and r.json()["error"]["code"] == "unsupported_task"
+    assert r.status_code == 400
+    assert r.json()["error"]["code"] == "unsupported_task"
     assert http.get("/info", params={"model": "nope"}).status_code == 404
 
 
@@ -196,8 +204,10 @@ def test_cohere_sdk_reranks_and_jina_shape_answers(served: Served, http: httpx.C
     assert reply.results[0].index == best
     jina = http.post("/v1/rerank", json={"model": "xlm-roberta-reranker", "query": QUERY,
                                          "documents": [{"text": d} for d in DOCUMENTS]}).json()
-    assert jina["model"] == "xlm-roberta-reranker" and jina["usage"]["total_tokens"] > 0
-    assert jina["results"][0]["index"] == best and jina["results"][0]["document"] == {"text": DOCUMENTS[best]}
+    assert jina["model"] == "xlm-roberta-reranker"
+    assert jina["usage"]["total_tokens"] > 0
+    assert jina["results"][0]["index"] == best
+    assert jina["results"][0]["document"] == {"text": DOCUMENTS[best]}
 
 
 # --- classify -------------------------------------------------------------------------------------------------
@@ -354,11 +364,14 @@ def test_bad_input_on_task_routes_is_a_4xx_in_the_route_shape(http: httpx.Client
     content = reply.json()
     assert reply.status_code == status, (reply.status_code, content)
     if path.startswith(("/v2/", "/v1/rerank")):
-        assert isinstance(content.get("message"), str) and set(content) == {"id", "message"}
+        assert isinstance(content.get("message"), str)
+        assert set(content) == {"id", "message"}
     else:
-        assert isinstance(content.get("error"), str) and "error_type" in content
+        assert isinstance(content.get("error"), str)
+        assert "error_type" in content
     text = reply.text
-    assert "long long" not in text and "x x x" not in text  # the input is never echoed
+    assert "long long" not in text
+    assert "x x x" not in text  # the input is never echoed
 
 
 @pytest.mark.slow

@@ -8,11 +8,14 @@ long first, the built-in form of a Kubernetes preStop sleep; that is the window 
 
 from __future__ import annotations
 
+import signal
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import httpx
+import pytest
 
 from tests.e2e.conftest import ServerProcess
 
@@ -58,7 +61,8 @@ def test_sigterm_under_load_drains_and_exits_zero(start_server: Callable[..., Se
         first = probe.get("/ready")
         first_latency = time.monotonic() - signalled_at
         assert first.status_code == 503, first.text
-        assert first.json()["error"]["code"] == "unavailable" and int(first.headers["retry-after"]) >= 1
+        assert first.json()["error"]["code"] == "unavailable"
+        assert int(first.headers["retry-after"]) >= 1
         assert first_latency < 1.0, f"/ready took {first_latency:.2f}s to turn 503"
         with httpx.Client(base_url=srv.base_url, timeout=5.0) as fresh:  # still serving inside the drain delay
             assert fresh.get("/ready").status_code == 503
@@ -74,7 +78,8 @@ def test_sigterm_under_load_drains_and_exits_zero(start_server: Callable[..., Se
     assert len(accepted) >= 3 * CLIENTS
     assert all(result == 200 for result in accepted), {r for r in accepted if r != 200}
     log = srv.log()
-    assert "shutdown requested: /ready is now 503" in log and "Traceback" not in log
+    assert "shutdown requested: /ready is now 503" in log
+    assert "Traceback" not in log
     try:
         httpx.get(f"{srv.base_url}/health", timeout=2.0)
         raise AssertionError("the listener is still open after exit")
@@ -94,3 +99,16 @@ def test_second_sigterm_skips_the_drain_delay(start_server: Callable[..., Server
     srv.terminate()
     assert srv.proc.wait(timeout=10) == 0
     assert time.monotonic() - t0 < 5
+
+
+def test_teardown_fails_a_server_that_does_not_exit_zero(tiny_artifact_dir: Path, tmp_path: Path) -> None:
+    """What every e2e fixture's teardown relies on (tests/e2e/conftest.py): SIGTERM must end a ready server with
+    exit code 0, and a server that ends any other way fails the test."""
+    clean = ServerProcess(tiny_artifact_dir, tmp_path / "clean.log", EMBED_INTRA_OP_THREADS="1").wait_ready()
+    clean.stop_and_check()
+    assert clean.proc.returncode == 0
+    killed = ServerProcess(tiny_artifact_dir, tmp_path / "killed.log", EMBED_INTRA_OP_THREADS="1").wait_ready()
+    killed.proc.send_signal(signal.SIGKILL)
+    killed.proc.wait(timeout=10)
+    with pytest.raises(AssertionError, match="exited with -9"):
+        killed.stop_and_check()

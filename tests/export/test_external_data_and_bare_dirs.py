@@ -25,7 +25,8 @@ def test_external_data_export_is_checksummed_and_served(tmp_path: Path) -> None:
     for entry in manifest["graphs"].values():
         graph = artifact / entry["file"]
         data = artifact / f"{entry['file']}.data"
-        assert data.is_file() and data.name in manifest["files"], entry["file"]
+        assert data.is_file(), entry["file"]
+        assert data.name in manifest["files"], entry["file"]
         assert graph.stat().st_size < data.stat().st_size  # the weights are outside the protobuf
         assert entry["size_bytes"] == graph.stat().st_size + data.stat().st_size
     session = ort.InferenceSession(str(artifact / "model.onnx"), providers=["CPUExecutionProvider"])
@@ -35,9 +36,10 @@ def test_external_data_export_is_checksummed_and_served(tmp_path: Path) -> None:
     server = ServerProcess(artifact, tmp_path / "server.log", EMBED_INTRA_OP_THREADS="1").wait_ready()
     try:
         reply = httpx.post(f"{server.base_url}/v1/embeddings", json={"input": mixed_texts()[:3]}, timeout=30)
-        assert reply.status_code == 200 and len(reply.json()["data"]) == 3
+        assert reply.status_code == 200
+        assert len(reply.json()["data"]) == 3
     finally:
-        server.stop()
+        server.stop_and_check()
 
 
 def test_bare_decoder_directory_pools_the_last_token(tmp_path: Path) -> None:
@@ -47,7 +49,8 @@ def test_bare_decoder_directory_pools_the_last_token(tmp_path: Path) -> None:
     for name in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"):
         shutil.copy(checkpoint / name, bare / name)
     loaded = load_checkpoint(bare)
-    assert loaded.pooling.mode == "lasttoken" and loaded.pooling.normalize
+    assert loaded.pooling.mode == "lasttoken"
+    assert loaded.pooling.normalize
     # No sentence_bert_config.json: the tokenizer's model_max_length, not the 32k rotary positions.
     assert loaded.pooling.max_seq_length == json.loads((bare / "tokenizer_config.json").read_text())[
         "model_max_length"]
