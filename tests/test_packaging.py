@@ -60,10 +60,12 @@ def test_info_lists_every_setting_with_its_default() -> None:
                          check=True, timeout=60).stdout
     for name in Settings.model_fields:
         assert f"EMBED_{name.upper()}" in out
-    assert re.search(r"EMBED_PORT\s+8080", out) and re.search(r"EMBED_GRAPH_VARIANT\s+fp32", out)
+    assert re.search(r"EMBED_PORT\s+8080", out)
+    assert re.search(r"EMBED_GRAPH_VARIANT\s+fp32", out)
 
 
 def test_unknown_subcommand_is_a_usage_error() -> None:
     done = subprocess.run([sys.executable, "-m", "service.cli", "launch"], capture_output=True, text=True, cwd=REPO,
                           timeout=60)
-    assert done.returncode == 2 and "invalid choice" in done.stderr
+    assert done.returncode == 2
+    assert "invalid choice" in done.stderr

@@ -15,7 +15,8 @@ def test_same_seed_same_text_other_seed_other_text() -> None:
 def test_mixed_profile_spans_short_and_long_and_non_latin_text() -> None:
     texts = sentences(1000, seed=0)
     words = sorted(len(t.split()) for t in texts)
-    assert words[0] <= 10 and words[-1] >= 80, "both queries and long passages"
+    assert words[0] <= 10, "both queries and long passages"
+    assert words[-1] >= 80, "both queries and long passages"
     assert sum(w <= 10 for w in words) > 300, "mostly short, as in retrieval traffic"
     assert any(any("\u4e00" <= ch <= "\u9fff" for ch in t) for t in texts), "CJK"
     assert any(any(ord(ch) > 0xFFFF for ch in t) for t in texts), "4-byte emoji"

@@ -88,7 +88,8 @@ def test_dockerfile_stages_have_one_job_each() -> None:
     assert list(stages)[-1] == "gpu", "the default target (last stage) is the GPU image"
     for name, instructions in stages.items():
         base = instructions[0].split()[1]
-        assert ":" in base and not base.endswith(":latest"), f"{name}: base image {base} is not pinned"
+        assert ":" in base, f"{name}: base image {base} is not pinned"
+        assert not base.endswith(":latest"), f"{name}: base image {base} is not pinned"
     assert any("python -m export --out /artifacts/" in i for i in stages["export"])
     for name in ("cpu", "gpu"):
         body = "\n".join(stages[name])
@@ -97,12 +98,15 @@ def test_dockerfile_stages_have_one_job_each() -> None:
         sources = {i.split()[-2] for i in copies}
         assert sources <= {"service/", "/artifacts", "requirements/serve.txt", "requirements/serve-gpu.txt"}, sources
         user = [i for i in stages[name] if i.upper().startswith("USER ")]
-        assert user and user[-1].split()[1].split(":")[0] not in {"0", "root"}, f"{name}: runs as root"
+        assert user, f"{name}: no USER"
+        assert user[-1].split()[1].split(":")[0] not in {"0", "root"}, f"{name}: runs as root"
         assert re.search(r"^USER \d+:\d+$", user[-1]), "numeric uid, so runAsNonRoot can verify it"
         entry = [i for i in stages[name] if i.upper().startswith("ENTRYPOINT")]
-        assert entry and entry[-1].split(None, 1)[1].startswith("["), "exec form, so SIGTERM reaches python"
+        assert entry, f"{name}: no ENTRYPOINT"
+        assert entry[-1].split(None, 1)[1].startswith("["), "exec form, so SIGTERM reaches python"
         health = [i for i in stages[name] if i.upper().startswith("HEALTHCHECK")]
-        assert health and "/health" in health[-1]
+        assert health
+        assert "/health" in health[-1]
         assert "/health" in get_routes()
         assert "PYTHONDONTWRITEBYTECODE=1" in body, "no .pyc writes on a read-only root filesystem"
 
@@ -151,7 +155,8 @@ def test_compose_profile_renders(compose: list[str], profile: str) -> None:
     svc = services[replica]
     assert svc["deploy"]["replicas"] >= 2
     assert _duration_s(svc["stop_grace_period"]) > DRAIN_S, "SIGKILL must not cut the drain short"
-    assert svc["read_only"] is True and any(t.startswith("/tmp") for t in svc["tmpfs"])
+    assert svc["read_only"] is True
+    assert any(t.startswith("/tmp") for t in svc["tmpfs"])
     assert svc["user"].split(":")[0] not in {"0", "root"}
     assert "embed" in svc["networks"]["default"]["aliases"], "nginx and Prometheus find replicas by this alias"
     assert "/health" in " ".join(svc["healthcheck"]["test"])
@@ -159,7 +164,9 @@ def test_compose_profile_renders(compose: list[str], profile: str) -> None:
     assert not unknown, f"not settings in docs/contract.md: {unknown}"
     devices = svc["deploy"].get("resources", {}).get("reservations", {}).get("devices", [])
     if profile == "gpu":
-        assert devices and devices[0]["driver"] == "nvidia" and "gpu" in devices[0]["capabilities"]
+        assert devices
+        assert devices[0]["driver"] == "nvidia"
+        assert "gpu" in devices[0]["capabilities"]
         assert svc["environment"]["EMBED_REQUIRE_GPU"] == "true"
         # fp16 is opt-in until a GPU run validates it (docs/deployment.md).
         assert svc["environment"]["EMBED_GRAPH_VARIANT"] == "fp32"
@@ -208,9 +215,11 @@ def test_nginx_guards_slow_clients_and_retries_boundedly() -> None:
     assert _duration_s(d["proxy_next_upstream_timeout"][0]) > 0
     assert _duration_s(d["proxy_read_timeout"][0]) > float(setting_default("EMBED_QUEUE_TIMEOUT_S"))
     assert any(v.split()[0].isdigit() for v in d["keepalive"]), "upstream keepalive pool"
-    assert d["proxy_set_header"] and 'Connection ""' in d["proxy_set_header"]
+    assert d["proxy_set_header"]
+    assert 'Connection ""' in d["proxy_set_header"]
     params = nginx_conf.upstream_parameters()
-    assert "max_fails=" in params and "fail_timeout=" in params
+    assert "max_fails=" in params
+    assert "fail_timeout=" in params
 
 
 # --- Kubernetes -----------------------------------------------------------------------------------------------
@@ -293,7 +302,8 @@ def test_k8s_cross_checks(kubectl: str, target: str) -> None:
     assert pod["terminationGracePeriodSeconds"] > pre_stop_s + drain_s
 
     # Security: non-root, read-only root filesystem, writable /tmp only.
-    assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] != 0
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsUser"] != 0
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     assert container["securityContext"]["allowPrivilegeEscalation"] is False
     mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
@@ -308,20 +318,23 @@ def test_k8s_cross_checks(kubectl: str, target: str) -> None:
     assert hpa["scaleTargetRef"]["name"] == deployment["metadata"]["name"]
     assert hpa["minReplicas"] >= 2, "the PDB needs a second replica to allow a drain"
     custom = [m["pods"]["metric"]["name"] for m in hpa["metrics"] if m["type"] == "Pods"]
-    assert custom and set(custom) <= metric_names()
+    assert custom
+    assert set(custom) <= metric_names()
     assert any(m["type"] == "Resource" and m["resource"]["name"] == "cpu" for m in hpa["metrics"])
 
     # Overlays: GPU asks for a GPU and refuses to fall back; CPU asks for none.
     resources = container["resources"]
     gpu_requested = "nvidia.com/gpu" in resources.get("limits", {})
     if target == "overlays/cpu":
-        assert not gpu_requested and "nvidia.com/gpu" not in resources.get("requests", {})
+        assert not gpu_requested
+        assert "nvidia.com/gpu" not in resources.get("requests", {})
         assert settings["EMBED_PROVIDER"] == "cpu"
         assert container["image"].endswith(":cpu")
     else:
         assert gpu_requested
     if target == "overlays/gpu":
-        assert settings["EMBED_PROVIDER"] == "cuda" and settings["EMBED_REQUIRE_GPU"] == "true"
+        assert settings["EMBED_PROVIDER"] == "cuda"
+        assert settings["EMBED_REQUIRE_GPU"] == "true"
         assert settings["EMBED_GRAPH_VARIANT"] == "fp32"  # fp16 is opt-in until a GPU run validates it
         assert container["image"].endswith(":gpu")
         assert any(t["key"] == "nvidia.com/gpu" for t in pod["tolerations"])
@@ -332,11 +345,13 @@ def test_k8s_cross_checks(kubectl: str, target: str) -> None:
 def test_prometheus_discovers_the_replicas_compose_runs() -> None:
     prom = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
     (job,) = [j for j in prom["scrape_configs"] if j["job_name"] == "embed"]
-    assert job["metrics_path"] == "/metrics" and "/metrics" in get_routes()
+    assert job["metrics_path"] == "/metrics"
+    assert "/metrics" in get_routes()
     (sd,) = job["dns_sd_configs"]
     compose = yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())
     alias = compose["x-embed-service"]["networks"]["default"]["aliases"]
-    assert sd["names"] == alias and sd["type"] == "A"
+    assert sd["names"] == alias
+    assert sd["type"] == "A"
     assert sd["port"] == int(setting_default("EMBED_PORT"))
 
 

@@ -35,14 +35,19 @@ def lb_without_replicas(nginx: str, tmp_path: Path) -> Iterator[str]:
 @pytest.mark.parametrize("route", ["/embed", "/", "/invocations", "/similarity", "/decode"])
 def test_tei_routes_get_tei_shaped_nginx_errors(lb_without_replicas: str, route: str) -> None:
     r = httpx.post(lb_without_replicas + route, json={"inputs": "a"}, timeout=30)
-    assert r.status_code == 503 and int(r.headers["retry-after"]) >= 1 and r.headers.get("x-request-id")
-    assert r.json()["error_type"] == "Unhealthy" and tei_errors("ErrorResponse", r.json()) == []
+    assert r.status_code == 503
+    assert int(r.headers["retry-after"]) >= 1
+    assert r.headers.get("x-request-id")
+    assert r.json()["error_type"] == "Unhealthy"
+    assert tei_errors("ErrorResponse", r.json()) == []
     big = httpx.post(lb_without_replicas + route, content=b'{"inputs": "' + b"a" * 3_000_000 + b'"}',
                      headers={"content-type": "application/json"}, timeout=30)
-    assert big.status_code == 413 and big.json() == {"error": "request body too large", "error_type": "Validation"}
+    assert big.status_code == 413
+    assert big.json() == {"error": "request body too large", "error_type": "Validation"}
 
 
 @pytest.mark.parametrize("route", ["/v1/embeddings", "/v1/encode", "/embedx"])
 def test_other_routes_keep_openai_shaped_nginx_errors(lb_without_replicas: str, route: str) -> None:
     r = httpx.post(lb_without_replicas + route, json={"input": "a"}, timeout=30)
-    assert r.status_code == 503 and r.json()["error"]["code"] == "no_upstream"
+    assert r.status_code == 503
+    assert r.json()["error"]["code"] == "no_upstream"

@@ -58,7 +58,9 @@ def test_layer_head_selection_and_base64_float32_round_trip(client: httpx.Client
     selection = {"layers": layers, "heads": heads, "format": "base64", "dtype": "float32"}
     part = client.post("/v1/encode", json={"input": SENTENCES[0], "attention": selection}).json()["data"][0]
     att = part["attention"]
-    assert att["layers"] == layers and att["heads"] == heads and att["dtype"] == "float32"
+    assert att["layers"] == layers
+    assert att["heads"] == heads
+    assert att["dtype"] == "float32"
     decoded = np.frombuffer(base64.b64decode(att["data"]), dtype="<f4").reshape(att["shape"])
     np.testing.assert_array_equal(decoded, maps[layers][:, heads])  # bit-exact: same graph, same input
 

@@ -221,10 +221,13 @@ def check_error(r: httpx.Response, status: int, code: str | None, route: str = "
     assert r.headers["content-type"].startswith("application/json")
     assert r.headers.get("x-request-id")
     assert MARK not in r.text, "an error reply echoed the input"
-    assert "Traceback" not in r.text and 'File "' not in r.text
+    assert "Traceback" not in r.text
+    assert 'File "' not in r.text
     body = strict_json(r.text)
-    assert set(body) == {"error"} and set(body["error"]) == {"message", "type", "param", "code"}
-    assert isinstance(body["error"]["message"], str) and body["error"]["message"]
+    assert set(body) == {"error"}
+    assert set(body["error"]) == {"message", "type", "param", "code"}
+    assert isinstance(body["error"]["message"], str)
+    assert body["error"]["message"]
     if status in (429, 503):
         assert int(r.headers["retry-after"]) >= 1
     if code is not None:
@@ -320,7 +323,8 @@ def test_06_content_length_over_limit_answered_before_the_body(srv: ServerProces
     head = (b"POST /embed HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
             b"authorization: " + AUTH["authorization"].encode() + b"\r\ncontent-length: 3000000\r\n\r\n")
     reply, sent = _raw_exchange(srv.port, head, [b"a" * 10_000] * 300)
-    assert _reply_status(reply) == 413 and b'"error_type":"Validation"' in reply  # TEI's shape on /embed
+    assert _reply_status(reply) == 413
+    assert b'"error_type":"Validation"' in reply  # TEI's shape on /embed
     assert sent < 300, "the server waited for the whole 3 MB body"
 
 
@@ -333,7 +337,8 @@ def test_06_chunked_without_length_answered_before_the_end(srv: ServerProcess) -
 
     pieces = [chunk(b'{"input": "'), *[chunk(b"a" * 50_000)] * 60, chunk(b'"}'), b"0\r\n\r\n"]
     reply, sent = _raw_exchange(srv.port, head, pieces)
-    assert _reply_status(reply) == 413 and b"payload_too_large" in reply
+    assert _reply_status(reply) == 413
+    assert b"payload_too_large" in reply
     assert sent < len(pieces) - 2, "the server read the whole chunked body before answering"
 
 
@@ -412,7 +417,8 @@ def test_zz_server_still_ready_after_the_table(srv: ServerProcess, http: httpx.C
     assert http.get("/ready").status_code == 200
     assert http.get("/health").status_code == 200
     r = http.post("/embed", json={"inputs": "still fine"})
-    assert r.status_code == 200 and all_numbers_finite(r.json())
+    assert r.status_code == 200
+    assert all_numbers_finite(r.json())
     assert _metric(http, r'embed_queue_depth\{model="[^"]+"\}') == 0
     assert srv.proc.poll() is None
     assert "Traceback" not in srv.log()

@@ -136,7 +136,8 @@ def api_map(api: httpx.Client, text: str, layer: int, head: int | str) -> np.nda
     spec.update({"heads": "all", "aggregate": "mean"} if head == "mean" else {"heads": [head]})
     att = encode(api, [text], spec)["data"][0]["attention"]
     values = np.asarray(att["data"], dtype=np.float64)
-    assert values.shape == tuple(att["shape"]) and values.shape[-1] == values.shape[-2], att["shape"]
+    assert values.shape == tuple(att["shape"])
+    assert values.shape[-1] == values.shape[-2], att["shape"]
     assert values.size == values.shape[-1] ** 2, att["shape"]  # one layer, one head (or the mean)
     return values.reshape(values.shape[-2:])
 
@@ -150,7 +151,8 @@ def shown_map(page: Page) -> np.ndarray:
 
 def test_page_and_its_files_are_served(api: httpx.Client) -> None:
     page = api.get("/")
-    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert page.status_code == 200
+    assert page.headers["content-type"].startswith("text/html")
     for element_id in ("input", "run", "layer", "head", "heatmap", "heads-grid", "token-focus", "similarity"):
         assert f'id="{element_id}"' in page.text
     for name, kind in [("app.js", "javascript"), ("api.js", "javascript"), ("style.css", "css")]:
@@ -288,7 +290,9 @@ def test_layout_fits_the_window_without_horizontal_scrolling(
     assert scroll_width <= inner_width + 1
     for selector in ("#input", "#heatmap canvas", "#heads-grid", "#token-focus", "#similarity"):
         box = page.locator(selector).bounding_box()
-        assert box is not None and box["width"] > 0, selector
-        assert box["x"] >= 0 and box["x"] + box["width"] <= inner_width + 1, (selector, box)
+        assert box is not None, selector
+        assert box["width"] > 0, selector
+        assert box["x"] >= 0, (selector, box)
+        assert box["x"] + box["width"] <= inner_width + 1, (selector, box)
     SCREENSHOTS.mkdir(exist_ok=True)
     page.screenshot(path=str(SCREENSHOTS / f"explorer-{width}x{height}.png"), full_page=True)

@@ -71,7 +71,8 @@ def test_poison_input_fails_only_its_own_request(faulty: ServerProcess) -> None:
     with ThreadPoolExecutor(len(bodies)) as pool:
         replies = list(pool.map(lambda b: httpx.post(f"{url}/embed", json=b, timeout=10), bodies))
     err = assert_error(replies[0], 500, "inference_error")
-    assert err["message"] == INFERENCE_FAILED_MESSAGE and FAULT_MARKERS["raise"] not in replies[0].text
+    assert err["message"] == INFERENCE_FAILED_MESSAGE
+    assert FAULT_MARKERS["raise"] not in replies[0].text
     assert [r.status_code for r in replies[1:]] == [200] * 8
     assert "re-running rows one by one" in faulty.log(), "the poison input never shared a batch"
     assert metric(url, "embed_inference_failures_total") == before + 1
@@ -84,7 +85,8 @@ def test_poison_input_fails_only_its_own_request(faulty: ServerProcess) -> None:
         later = list(pool.map(lambda i: httpx.post(f"{url}/embed", json={"inputs": f"later {i}"}, timeout=10),
                               range(200)))
     assert [r.status_code for r in later] == [200] * 200
-    assert httpx.get(f"{url}/ready").status_code == 200 and httpx.get(f"{url}/health").status_code == 200
+    assert httpx.get(f"{url}/ready").status_code == 200
+    assert httpx.get(f"{url}/health").status_code == 200
     assert "Traceback" not in "".join(r.text for r in replies)
 
 

@@ -35,7 +35,9 @@ def assert_tei_error(response: httpx.Response, status: int, code: str | None = N
     assert response.headers["content-type"].startswith("application/json")
     assert response.headers.get("x-request-id")
     body = response.json()
-    assert set(body) == {"error", "error_type"} and isinstance(body["error"], str) and body["error"], body
+    assert set(body) == {"error", "error_type"}
+    assert isinstance(body["error"], str), body
+    assert body["error"], body
     assert tei_errors("ErrorResponse", body) == [], body  # as TEI 1.9.3's OpenAPI document declares it
     assert "Traceback" not in response.text
     if response.status_code in (429, 503):
@@ -57,7 +59,8 @@ def assert_error(response: httpx.Response, status: int, code: str | None = None)
     assert set(body) == {"error"}
     err = body["error"]
     assert set(err) == {"message", "type", "param", "code"}
-    assert isinstance(err["message"], str) and err["message"]
+    assert isinstance(err["message"], str)
+    assert err["message"]
     assert "Traceback" not in response.text
     if status in (429, 503):
         assert int(response.headers["retry-after"]) >= 1
@@ -78,7 +81,8 @@ def test_openai_embeddings_shape(client: httpx.Client) -> None:
     r = client.post("/v1/embeddings", json={"input": ["hello world", "second"], "model": meta["model_id"]})
     assert r.status_code == 200
     body = r.json()
-    assert body["object"] == "list" and body["model"] == meta["model_id"]
+    assert body["object"] == "list"
+    assert body["model"] == meta["model_id"]
     assert [d["index"] for d in body["data"]] == [0, 1]
     assert all(d["object"] == "embedding" and len(d["embedding"]) == meta["embedding_dim"] for d in body["data"])
     assert body["usage"]["prompt_tokens"] == body["usage"]["total_tokens"] == int(r.headers["x-compute-tokens"])
@@ -126,7 +130,8 @@ def test_openai_sdk_unmodified(server: ServerProcess, client: httpx.Client) -> N
     expected = client.post("/v1/embeddings", json={"input": ["hello world", "second text"]}).json()["data"]
     for got, want in zip(result.data, expected, strict=True):
         np.testing.assert_allclose(got.embedding, want["embedding"], atol=1e-6)
-    assert result.usage.prompt_tokens > 0 and result.model == name
+    assert result.usage.prompt_tokens > 0
+    assert result.model == name
     short = sdk.embeddings.create(model=name, input="hello world", dimensions=4, encoding_format="float")
     assert len(short.data[0].embedding) == 4
     with pytest.raises(openai.NotFoundError) as exc_info:
@@ -138,9 +143,11 @@ def test_openai_sdk_unmodified(server: ServerProcess, client: httpx.Client) -> N
 def test_tei_embed_and_embed_all(client: httpx.Client) -> None:
     dim = info(client)["embedding_dim"]
     single = client.post("/embed", json={"inputs": "one"}).json()
-    assert len(single) == 1 and len(single[0]) == dim
+    assert len(single) == 1
+    assert len(single[0]) == dim
     raw = client.post("/embed", json={"inputs": ["one", "two"], "normalize": False}).json()
-    assert len(raw) == 2 and not math.isclose(float(np.linalg.norm(raw[0])), 1.0, rel_tol=1e-3)
+    assert len(raw) == 2
+    assert not math.isclose(float(np.linalg.norm(raw[0])), 1.0, rel_tol=1e-3)
     tokens = client.post("/tokenize", json={"inputs": ["one two", "three"]}).json()
     per_token = client.post("/embed_all", json={"inputs": ["one two", "three"]}).json()
     assert [len(x) for x in per_token] == [len(t) for t in tokens]
@@ -164,11 +171,13 @@ def test_encode_with_tokens_and_attention(client: httpx.Client) -> None:
     assert r.status_code == 200, r.text
     (row,) = r.json()["data"]
     t = row["token_count"]
-    assert len(row["tokens"]) == t and row["truncated"] is False
+    assert len(row["tokens"]) == t
+    assert row["truncated"] is False
     assert set(row["tokens"][1]) == {"id", "text", "start", "end", "special"}
     assert np.asarray(row["token_embeddings"]).shape == (t, meta["embedding_dim"])
     att = row["attention"]
-    assert att["shape"] == [n_layers, n_heads, t, t] and att["layers"] == list(range(n_layers))
+    assert att["shape"] == [n_layers, n_heads, t, t]
+    assert att["layers"] == list(range(n_layers))
     maps = np.asarray(att["data"])
     assert maps.shape == (n_layers, n_heads, t, t)
     np.testing.assert_allclose(maps.sum(-1), 1.0, atol=1e-4)  # softmax rows over real keys
@@ -179,13 +188,15 @@ def test_encode_with_tokens_and_attention(client: httpx.Client) -> None:
     sel = {"layers": [n_layers - 1], "heads": [0, 1], "format": "base64", "dtype": "float16"}
     att2 = client.post("/v1/encode", json={"input": "attention please", "attention": sel}).json()["data"][0]
     a2 = att2["attention"]
-    assert a2["shape"] == [1, 2, t, t] and a2["dtype"] == "float16"
+    assert a2["shape"] == [1, 2, t, t]
+    assert a2["dtype"] == "float16"
     decoded = np.frombuffer(base64.b64decode(a2["data"]), dtype="<f2").reshape(a2["shape"])
     np.testing.assert_allclose(decoded, maps[[n_layers - 1]][:, [0, 1]], atol=2e-3)
 
     mean = client.post("/v1/encode", json={"input": "attention please", "attention": {"aggregate": "mean"}})
     m = mean.json()["data"][0]["attention"]
-    assert m["shape"] == [n_layers, 1, t, t] and m["heads"] == "mean"
+    assert m["shape"] == [n_layers, 1, t, t]
+    assert m["heads"] == "mean"
     np.testing.assert_allclose(np.asarray(m["data"]), maps.mean(axis=1, keepdims=True), atol=1e-5)
 
 
@@ -203,15 +214,18 @@ def test_attention_budget_and_bad_selection(client: httpx.Client) -> None:
 def test_probes_info_models_metrics(client: httpx.Client) -> None:
     meta = info(client)
     health = client.get("/health").json()
-    assert health["status"] == "ok" and health["models"][meta["model_id"]]["status"] == "ok"
+    assert health["status"] == "ok"
+    assert health["models"][meta["model_id"]]["status"] == "ok"
     assert client.get("/ready").status_code == 200
     for key in ("model_id", "embedding_dim", "max_input_length", "pooling", "provider", "graph_variant", "limits",
                 "version"):
         assert key in meta
-    assert meta["provider"] == "CPUExecutionProvider" and meta["graph_variant"] == "fp32"
+    assert meta["provider"] == "CPUExecutionProvider"
+    assert meta["graph_variant"] == "fp32"
     assert meta["limits"]["max_inputs_per_request"] == 64
     models = client.get("/v1/models").json()
-    assert models["object"] == "list" and models["data"][0]["id"] == meta["model_id"]
+    assert models["object"] == "list"
+    assert models["data"][0]["id"] == meta["model_id"]
     text = client.get("/metrics").text
     for name in ("embed_requests_total", "embed_request_duration_seconds_bucket", "embed_stage_duration_seconds",
                  "embed_queue_depth", "embed_inflight_requests", "embed_batch_size_bucket",
@@ -235,16 +249,19 @@ def test_truncation_is_flagged_or_refused(client: httpx.Client) -> None:
     max_len = info(client)["max_input_length"]
     long = " ".join(["word"] * (max_len + 20))
     r = client.post("/embed", json={"inputs": ["short", long]})
-    assert r.status_code == 200 and r.headers["x-truncated-inputs"] == "1"
+    assert r.status_code == 200
+    assert r.headers["x-truncated-inputs"] == "1"
     r = client.post("/v1/embeddings", json={"input": [long, "short", long]})
     assert r.headers["x-truncated-inputs"] == "0,2"
     row = client.post("/v1/encode", json={"input": long}).json()["data"][0]
-    assert row["truncated"] is True and row["token_count"] == max_len
+    assert row["truncated"] is True
+    assert row["token_count"] == max_len
     for route, body in (("/embed", {"inputs": ["ok", long], "truncate": False}),
                         ("/v1/embeddings", {"input": ["ok", long], "truncate": False}),
                         ("/v1/encode", {"input": ["ok", long], "truncate": False})):
         err = assert_error(client.post(route, json=body), 422, "input_too_long")
-        assert err["message"].startswith("input[1]") and f"{max_len + 22} tokens" in err["message"]
+        assert err["message"].startswith("input[1]")
+        assert f"{max_len + 22} tokens" in err["message"]
         assert err.get("param", "[1]").endswith("[1]")  # OpenAI's shape also has `param`
 
 
@@ -313,7 +330,9 @@ def test_null_body_and_lone_surrogates(client: httpx.Client) -> None:
     for escaped in (b'"\\ud800"', b'"a\\udc80b"'):
         r = client.post("/embed", content=b'{"inputs": [' + escaped + b"]}", headers=JSON)
         err = assert_error(r, 422, "invalid_text")
-        assert "\\ud800" not in r.text and "\\udc80" not in r.text and err["message"].startswith("input[0]")
+        assert "\\ud800" not in r.text
+        assert "\\udc80" not in r.text
+        assert err["message"].startswith("input[0]")
 
 
 @pytest.mark.parametrize(
@@ -324,7 +343,8 @@ def test_odd_text_gives_finite_vectors(client: httpx.Client, text: str) -> None:
     r = client.post("/embed", json={"inputs": [text, text]})
     assert r.status_code == 200, r.text
     a, b = r.json()
-    assert all(math.isfinite(x) for x in a) and a == b
+    assert all(math.isfinite(x) for x in a)
+    assert a == b
 
 
 def test_400_unparseable_bodies(client: httpx.Client) -> None:
@@ -355,7 +375,8 @@ def test_413_body_and_counts(client: httpx.Client, server: ServerProcess) -> Non
     assert_error(client.post("/embed", json={"inputs": ["a"] * 65}), 413, "too_many_inputs")
     # Over the char cap with truncation off: 422 naming the input.
     err = assert_error(client.post("/embed", json={"inputs": ["a " * 3000], "truncate": False}), 422)
-    assert err["message"].startswith("input[0]") and "characters" in err["message"]
+    assert err["message"].startswith("input[0]")
+    assert "characters" in err["message"]
     assert client.get("/health").status_code == 200  # the server is fine afterwards
 
 
@@ -372,7 +393,8 @@ def test_415_content_type_and_encoding(client: httpx.Client) -> None:
 
 def test_explorer_page_and_static_files(client: httpx.Client) -> None:
     page = client.get("/")
-    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert page.status_code == 200
+    assert page.headers["content-type"].startswith("text/html")
     assert "static/app.js" in page.text
     assert client.get("/static/api.js").status_code == 200
     assert_error(client.get("/static/no-such-file.js"), 404)

@@ -63,9 +63,11 @@ def test_a_hung_model_leaves_the_other_serving_and_the_process_live(two: ServerP
         health = httpx.get(f"{url}/health", timeout=2)
         assert health.status_code == 200, health.text  # live: "right" still serves
         body = health.json()
-        assert body["status"] == "degraded" and body["models"]["right"]["status"] == "ok"
+        assert body["status"] == "degraded"
+        assert body["models"]["right"]["status"] == "ok"
         ready = httpx.get(f"{url}/ready", timeout=2)
-        assert ready.status_code == 200 and ready.json()["models"]["right"] == "ready"
+        assert ready.status_code == 200
+        assert ready.json()["models"]["right"] == "ready"
         assert ready.json()["models"]["left"].startswith("not ready")
         t0 = time.monotonic()
         for i in range(5):
@@ -83,7 +85,8 @@ def test_a_broken_model_is_reported_not_ready_while_the_other_stays_ready(two: S
     for _ in range(2):  # EMBED_FAILURE_THRESHOLD batches in a row
         assert _embed(url, "left", FAULT_MARKERS["break"]).status_code == 500
     ready = httpx.get(f"{url}/ready", timeout=5)
-    assert ready.status_code == 200 and ready.json()["models"]["left"].startswith("not ready")
+    assert ready.status_code == 200
+    assert ready.json()["models"]["left"].startswith("not ready")
     assert _embed(url, "right", "still fine").status_code == 200
     assert _wait(lambda: httpx.get(f"{url}/ready", timeout=5).json()["models"]["left"] == "ready",
                  FAULT_DURATION_S + 4)
@@ -98,7 +101,8 @@ def test_health_is_503_only_when_every_model_is_unhealthy(two: ServerProcess) ->
     try:
         assert _wait(lambda: httpx.get(f"{url}/health", timeout=2).status_code == 503, 5)
         reply = httpx.get(f"{url}/health", timeout=2)
-        assert "left" in reply.json()["error"]["message"] and "right" in reply.json()["error"]["message"]
+        assert "left" in reply.json()["error"]["message"]
+        assert "right" in reply.json()["error"]["message"]
         assert int(reply.headers["retry-after"]) >= 1
     finally:
         for t in threads:
@@ -138,7 +142,8 @@ def test_sigterm_drains_every_models_queue(start_server: Callable[..., ServerPro
     for t in threads:
         t.join(timeout=30)
     assert srv.proc.wait(timeout=30) == 0
-    assert len(outcomes) == 16 and {m for m, _ in outcomes} == {"left", "right"}
+    assert len(outcomes) == 16
+    assert {m for m, _ in outcomes} == {"left", "right"}
     queued = {m for m, s in outcomes if s == 200}
     assert queued == {"left", "right"}, outcomes  # what both queues held was answered
     assert all(s in (200, "ConnectError") for _, s in outcomes), outcomes  # nothing accepted was lost
@@ -155,10 +160,14 @@ def test_start_up_names_the_bad_model_and_file(tiny_artifact_dir: Path, tmp_path
     assert proc.returncode == 2
     errors = [line for line in proc.stderr.splitlines() if " ERROR " in line]
     assert len(errors) == 1, proc.stderr
-    assert "model 'bad'" in errors[0] and "tokenizer.json" in errors[0] and "checksum mismatch" in errors[0]
-    assert "Traceback" not in proc.stderr and "Uvicorn running" not in proc.stderr
+    assert "model 'bad'" in errors[0]
+    assert "tokenizer.json" in errors[0]
+    assert "checksum mismatch" in errors[0]
+    assert "Traceback" not in proc.stderr
+    assert "Uvicorn running" not in proc.stderr
     twice = _start_and_wait(tiny_artifact_dir, EMBED_MODELS=f"{tiny_artifact_dir},{tiny_artifact_dir}")
-    assert twice.returncode == 2 and "served twice" in twice.stderr
+    assert twice.returncode == 2
+    assert "served twice" in twice.stderr
 
 
 def test_per_model_queue_limit_refuses_only_that_model(start_server: Callable[..., ServerProcess],
@@ -169,14 +178,16 @@ def test_per_model_queue_limit_refuses_only_that_model(start_server: Callable[..
                        EMBED_INTRA_OP_THREADS="1")
     url = srv.base_url
     info = httpx.get(f"{url}/info", params={"model": "small"}).json()
-    assert info["limits"]["max_queue_size"] == 1 and info["max_batch_tokens"] == 512
+    assert info["limits"]["max_queue_size"] == 1
+    assert info["max_batch_tokens"] == 512
     assert httpx.get(f"{url}/info", params={"model": "big"}).json()["limits"]["max_queue_size"] == 2048
     hold = threading.Thread(target=_embed, args=(url, "small", f"hold {FAULT_MARKERS['hang']}"))
     hold.start()
     try:
         assert _wait(lambda: 'embed_queue_depth{model="small"} 1.0' in httpx.get(f"{url}/metrics").text, 5)
         refused = _embed(url, "small", "one more")
-        assert refused.status_code == 429 and int(refused.headers["retry-after"]) >= 1
+        assert refused.status_code == 429
+        assert int(refused.headers["retry-after"]) >= 1
         assert _embed(url, "big", "the other model has room").status_code == 200
     finally:
         hold.join(timeout=10)

@@ -69,7 +69,8 @@ def test_queue_full_is_429_and_health_stays_up(slow: ServerProcess) -> None:
         assert httpx.get(f"{slow.base_url}/ready", timeout=5).status_code == 200  # a full queue is still ready
         assert time.monotonic() - t0 < 1.0
         statuses = sorted(f.result().status_code for f in futures)
-    assert statuses.count(429) >= 1 and set(statuses) <= {429, 503}
+    assert statuses.count(429) >= 1
+    assert set(statuses) <= {429, 503}
     for f in futures:
         assert_error(f.result(), f.result().status_code)
     assert 'embed_rejected_total{reason="queue_full"}' in httpx.get(f"{slow.base_url}/metrics").text
@@ -98,7 +99,8 @@ def test_sigterm_drains_accepted_requests(start_server: Callable[..., ServerProc
     time.sleep(0.3)  # the request is now queued inside the 800 ms window
     srv.terminate()
     worker.join(timeout=15)
-    assert result["r"].status_code == 200 and len(result["r"].json()) == 2
+    assert result["r"].status_code == 200
+    assert len(result["r"].json()) == 2
     assert srv.stop() == 0
     assert "shutdown requested: /ready is now 503" in srv.log()
 
@@ -120,9 +122,11 @@ def test_refuses_to_start_on_bad_artifact(tiny_artifact_dir: Path, tmp_path: Pat
     proc = _start_and_wait(copy)
     assert proc.returncode == 2
     errors = [line for line in proc.stderr.splitlines() if " ERROR " in line]
-    assert len(errors) == 1 and "model.onnx" in errors[0], proc.stderr
+    assert len(errors) == 1, proc.stderr
+    assert "model.onnx" in errors[0], proc.stderr
     assert ("checksum mismatch" if damage == "corrupt" else "missing") in errors[0]
-    assert "Traceback" not in proc.stderr and "Uvicorn running" not in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert "Uvicorn running" not in proc.stderr
 
 
 def test_require_gpu_exits_on_cpu_only_machine(tiny_artifact_dir: Path) -> None:
@@ -132,5 +136,6 @@ def test_require_gpu_exits_on_cpu_only_machine(tiny_artifact_dir: Path) -> None:
         pytest.skip("this machine has CUDA")
     proc = _start_and_wait(tiny_artifact_dir, EMBED_REQUIRE_GPU="true")
     assert proc.returncode == 2
-    assert "EMBED_REQUIRE_GPU" in proc.stderr and "Traceback" not in proc.stderr
+    assert "EMBED_REQUIRE_GPU" in proc.stderr
+    assert "Traceback" not in proc.stderr
     assert proc.stderr.count("CUDAExecutionProvider unavailable") == 1

@@ -96,24 +96,29 @@ def test_similarity_route_with_parameters(client: httpx.Client) -> None:
 def test_info_parses_as_tei_info(client: httpx.Client) -> None:
     info = client.get("/info").json()
     assert tei_errors("Info", info) == []
-    assert info["model_dtype"] == "float32" and info["model_type"] == {"embedding": {"pooling": "mean"}}
-    assert info["auto_truncate"] is True and info["prompts"] == TINY_PROMPTS
+    assert info["model_dtype"] == "float32"
+    assert info["model_type"] == {"embedding": {"pooling": "mean"}}
+    assert info["auto_truncate"] is True
+    assert info["prompts"] == TINY_PROMPTS
     assert info["max_client_batch_size"] == int(MAIN_SERVER_ENV["EMBED_MAX_INPUTS_PER_REQUEST"])
     assert info["served_model_name"] == info["model_id"] == "tiny-bert"
-    assert info["graph_variant"] == "fp32" and "limits" in info  # our own fields stay
+    assert info["graph_variant"] == "fp32"
+    assert "limits" in info  # our own fields stay
 
 
 @pytest.mark.parametrize("path", ["/", "/invocations"])
 def test_root_and_invocations_are_embed(client: httpx.Client, path: str) -> None:
     body = {"inputs": TEXTS[:2], "normalize": True, "prompt_name": None, "truncate": None}
     got = client.post(path, json=body)
-    assert got.status_code == 200 and tei_errors("EmbedResponse", got.json()) == []
+    assert got.status_code == 200
+    assert tei_errors("EmbedResponse", got.json()) == []
     assert np.allclose(got.json(), client.post("/embed", json={"inputs": TEXTS[:2]}).json(), atol=1e-6)
 
 
 def test_get_root_still_serves_the_explorer(client: httpx.Client) -> None:
     r = client.get("/")
-    assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+    assert r.status_code == 200
+    assert r.headers["content-type"].startswith("text/html")
 
 
 @pytest.mark.parametrize("route", ["/embed", "/embed_all", "/tokenize"])
@@ -128,7 +133,8 @@ def test_known_prompt_name_prepends_the_prompt(client: httpx.Client) -> None:
     assert np.allclose(with_prompt, by_hand, atol=1e-6)
     tokens = client.post("/tokenize", json={"inputs": "hi", "prompt_name": "query"}).json()[0]
     words = [t["text"] for t in tokens if not t["special"]]
-    assert words == ["query", ":", "hi"] and tokens[-2]["start"] == len("query: ")  # offsets into the prompted text
+    assert words == ["query", ":", "hi"]
+    assert tokens[-2]["start"] == len("query: ")  # offsets into the prompted text
     all_tokens = client.post("/embed_all", json={"inputs": "hi", "prompt_name": "query"}).json()[0]
     assert len(all_tokens) == len(tokens)
 
@@ -149,7 +155,8 @@ def test_prompt_name_on_a_model_without_prompts(start_server: Callable[..., Serv
     r = httpx.post(f"{real.base_url}/embed", json={"inputs": "hello", "prompt_name": "query"})
     assert "its prompts: none" in tei_error(r, 422, "Validation")["error"]
     info = httpx.get(f"{real.base_url}/info").json()
-    assert "prompts" not in info and tei_errors("Info", info) == []
+    assert "prompts" not in info
+    assert tei_errors("Info", info) == []
 
 
 def test_token_id_inputs_on_embed_and_embed_all(client: httpx.Client) -> None:
@@ -178,8 +185,10 @@ def test_decode(client: httpx.Client) -> None:
     ids = [t["id"] for t in client.post("/tokenize", json={"inputs": "hello world"}).json()[0]]
     assert client.post("/decode", json={"ids": ids}).json() == ["hello world"]
     raw = client.post("/decode", json={"ids": [ids, ids[1:2]], "skip_special_tokens": False}).json()
-    assert tei_errors("DecodeResponse", raw) == [] and raw[1] == "hello"
-    assert raw[0].startswith("[CLS]") and raw[0].endswith("[SEP]")
+    assert tei_errors("DecodeResponse", raw) == []
+    assert raw[1] == "hello"
+    assert raw[0].startswith("[CLS]")
+    assert raw[0].endswith("[SEP]")
     tei_error(client.post("/decode", json={"ids": []}), 400, "Empty")
     tei_error(client.post("/decode", json={"ids": [[1, 10**9]]}), 422, "Validation")
 
@@ -203,7 +212,8 @@ def test_default_prompt_name_applies_like_sentence_transformers(
         default = c.post("/embed", json={"inputs": [TEXTS[0]]}).json()
         explicit = c.post("/embed", json={"inputs": [TEXTS[0]], "prompt_name": "query"}).json()
         other = c.post("/embed", json={"inputs": [TEXTS[0]], "prompt_name": "passage"}).json()
-        assert np.allclose(default, explicit, atol=1e-6) and not np.allclose(default, other, atol=1e-3)
+        assert np.allclose(default, explicit, atol=1e-6)
+        assert not np.allclose(default, other, atol=1e-3)
         assert np.allclose(openai_vectors(c, [TEXTS[0]]), default, atol=1e-5)  # /v1/embeddings applies it too
         words = [t["text"] for t in c.post("/tokenize", json={"inputs": "hi"}).json()[0] if not t["special"]]
         assert words == ["query", ":", "hi"]
@@ -285,7 +295,9 @@ def test_408_body_too_slow(strict: ServerProcess) -> None:
             reply += chunk
     status = int(reply.split(b" ", 2)[1])
     body = json.loads(reply.split(b"\r\n\r\n", 1)[1])
-    assert status == 408 and body["error_type"] == "Validation" and tei_errors("ErrorResponse", body) == []
+    assert status == 408
+    assert body["error_type"] == "Validation"
+    assert tei_errors("ErrorResponse", body) == []
 
 
 def test_413_body_and_inputs_over_the_limit(sc: httpx.Client) -> None:

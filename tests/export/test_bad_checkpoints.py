@@ -30,20 +30,24 @@ def _export(checkpoint: Path, out: Path, caplog: pytest.LogCaptureFixture) -> tu
 def test_missing_weights_file(checkpoint: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     (checkpoint / "model.safetensors").unlink()
     code, message = _export(checkpoint, tmp_path / "out", caplog)
-    assert code == 2 and "no weights file" in message and str(checkpoint) in message
+    assert code == 2
+    assert "no weights file" in message
+    assert str(checkpoint) in message
     assert not (tmp_path / "out").exists()
 
 
 def test_missing_config(checkpoint: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     (checkpoint / "config.json").unlink()
     code, message = _export(checkpoint, tmp_path / "out", caplog)
-    assert code == 2 and "config.json: file not found" in message
+    assert code == 2
+    assert "config.json: file not found" in message
 
 
 def test_missing_tokenizer(checkpoint: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     (checkpoint / "tokenizer.json").unlink()
     code, message = _export(checkpoint, tmp_path / "out", caplog)
-    assert code == 2 and "tokenizer.json: file not found" in message
+    assert code == 2
+    assert "tokenizer.json: file not found" in message
 
 
 def test_wrong_shape(checkpoint: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -52,7 +56,9 @@ def test_wrong_shape(checkpoint: Path, tmp_path: Path, caplog: pytest.LogCapture
     (checkpoint / "config.json").write_text(json.dumps(config))
     code, message = _export(checkpoint, tmp_path / "out", caplog)
     assert code == 2
-    assert "model.safetensors" in message and "intermediate.dense" in message and "has shape (96" in message
+    assert "model.safetensors" in message
+    assert "intermediate.dense" in message
+    assert "has shape (96" in message
 
 
 def test_unknown_architecture(checkpoint: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -60,7 +66,9 @@ def test_unknown_architecture(checkpoint: Path, tmp_path: Path, caplog: pytest.L
     config["model_type"] = "gpt2"
     (checkpoint / "config.json").write_text(json.dumps(config))
     code, message = _export(checkpoint, tmp_path / "out", caplog)
-    assert code == 2 and "config.json" in message and "model_type='gpt2'" in message
+    assert code == 2
+    assert "config.json" in message
+    assert "model_type='gpt2'" in message
 
 
 def test_missing_key(checkpoint: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -70,7 +78,8 @@ def test_missing_key(checkpoint: Path, tmp_path: Path, caplog: pytest.LogCapture
     del state["encoder.layer.1.output.LayerNorm.bias"]
     save_file(state, str(checkpoint / "model.safetensors"))
     code, message = _export(checkpoint, tmp_path / "out", caplog)
-    assert code == 2 and "missing key(s) layers.1.output_norm.bias" in message
+    assert code == 2
+    assert "missing key(s) layers.1.output_norm.bias" in message
 
 
 def test_corrupt_safetensors_exits_non_zero_from_the_command_line(checkpoint: Path, tmp_path: Path) -> None:
@@ -81,5 +90,6 @@ def test_corrupt_safetensors_exits_non_zero_from_the_command_line(checkpoint: Pa
         cwd=REPO, capture_output=True, text=True, timeout=120,
     )
     assert result.returncode == 2
-    assert "corrupt or unreadable safetensors file" in result.stderr and str(weights) in result.stderr
+    assert "corrupt or unreadable safetensors file" in result.stderr
+    assert str(weights) in result.stderr
     assert "Traceback" not in result.stderr

@@ -44,7 +44,10 @@ def test_unknown_model_type_names_the_supported_ones(built: dict[str, Path], tmp
     checkpoint = _copy(built, "qwen3", tmp_path)
     _edit_config(checkpoint, model_type="llama")
     code, message = _export(checkpoint, tmp_path / "out", caplog)
-    assert code == 2 and "model_type='llama'" in message and "qwen3" in message and "modernbert" in message
+    assert code == 2
+    assert "model_type='llama'" in message
+    assert "qwen3" in message
+    assert "modernbert" in message
     assert not (tmp_path / "out").exists()
 
 
@@ -57,7 +60,9 @@ def test_unsupported_rope_scaling_is_refused(built: dict[str, Path], tmp_path: P
     checkpoint = _copy(built, "qwen3", tmp_path)
     _edit_config(checkpoint, **scaling)
     code, message = _export(checkpoint, tmp_path / "out", caplog)
-    assert code == 2 and "config.json" in message and "unsupported rope scaling" in message
+    assert code == 2
+    assert "config.json" in message
+    assert "unsupported rope scaling" in message
 
 
 def test_modernbert_rope_scaling_per_layer_type_is_refused(built: dict[str, Path], tmp_path: Path,
@@ -67,7 +72,8 @@ def test_modernbert_rope_scaling_per_layer_type_is_refused(built: dict[str, Path
     params["sliding_attention"]["rope_type"] = "dynamic"
     _edit_config(checkpoint, rope_parameters=params)
     code, message = _export(checkpoint, tmp_path / "out", caplog)
-    assert code == 2 and "rope_parameters.sliding_attention.rope_type='dynamic'" in message
+    assert code == 2
+    assert "rope_parameters.sliding_attention.rope_type='dynamic'" in message
 
 
 def test_missing_dense_weights(built: dict[str, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -75,7 +81,9 @@ def test_missing_dense_weights(built: dict[str, Path], tmp_path: Path, caplog: p
     dense_dir = next(checkpoint.glob("*_Dense"))
     (dense_dir / "model.safetensors").unlink()
     code, message = _export(checkpoint, tmp_path / "out", caplog)
-    assert code == 2 and "missing Dense weights" in message and dense_dir.name in message
+    assert code == 2
+    assert "missing Dense weights" in message
+    assert dense_dir.name in message
 
 
 def test_dense_shape_mismatch(built: dict[str, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -85,7 +93,9 @@ def test_dense_shape_mismatch(built: dict[str, Path], tmp_path: Path, caplog: py
     config["out_features"] += 1
     config_path.write_text(json.dumps(config))
     code, message = _export(checkpoint, tmp_path / "out", caplog)
-    assert code == 2 and "linear.weight" in message and "has shape" in message
+    assert code == 2
+    assert "linear.weight" in message
+    assert "has shape" in message
 
 
 def test_mismatched_shapes_in_a_fused_projection(built: dict[str, Path], tmp_path: Path,
@@ -93,7 +103,9 @@ def test_mismatched_shapes_in_a_fused_projection(built: dict[str, Path], tmp_pat
     checkpoint = _copy(built, "modernbert", tmp_path)
     _edit_config(checkpoint, intermediate_size=80)  # Wi holds 2 x 96 rows
     code, message = _export(checkpoint, tmp_path / "out", caplog)
-    assert code == 2 and "mlp.Wi.weight" in message and "has shape (192" in message
+    assert code == 2
+    assert "mlp.Wi.weight" in message
+    assert "has shape (192" in message
 
 
 def test_gqa_heads_that_do_not_divide(built: dict[str, Path], tmp_path: Path,
@@ -101,7 +113,8 @@ def test_gqa_heads_that_do_not_divide(built: dict[str, Path], tmp_path: Path,
     checkpoint = _copy(built, "qwen3", tmp_path)
     _edit_config(checkpoint, num_key_value_heads=3)
     code, message = _export(checkpoint, tmp_path / "out", caplog)
-    assert code == 2 and "num_kv_heads" in message
+    assert code == 2
+    assert "num_kv_heads" in message
 
 
 def test_sliding_window_decoder_is_refused(built: dict[str, Path], tmp_path: Path,
@@ -109,7 +122,8 @@ def test_sliding_window_decoder_is_refused(built: dict[str, Path], tmp_path: Pat
     checkpoint = _copy(built, "qwen3", tmp_path)
     _edit_config(checkpoint, use_sliding_window=True, sliding_window=16)
     code, message = _export(checkpoint, tmp_path / "out", caplog)
-    assert code == 2 and "use_sliding_window" in message
+    assert code == 2
+    assert "use_sliding_window" in message
 
 
 def test_unsupported_module_in_the_chain(built: dict[str, Path], tmp_path: Path,
@@ -120,4 +134,6 @@ def test_unsupported_module_in_the_chain(built: dict[str, Path], tmp_path: Path,
                        "type": "sentence_transformers.models.LayerNorm"})
     (checkpoint / "modules.json").write_text(json.dumps(modules))
     code, message = _export(checkpoint, tmp_path / "out", caplog)
-    assert code == 2 and "unsupported module type" in message and "LayerNorm" in message
+    assert code == 2
+    assert "unsupported module type" in message
+    assert "LayerNorm" in message

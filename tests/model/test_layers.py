@@ -12,17 +12,17 @@ from model.layers import attention, padding_mask_bias, sinusoidal_table
 
 
 @pytest.mark.parametrize(
-    "kwargs",
+    ("kwargs", "match"),
     [
-        {"hidden_size": 30, "num_heads": 4},  # not divisible
-        {"num_layers": 0},
-        {"position_embedding": "sinusoidal", "hidden_size": 33, "num_heads": 3},  # odd width
-        {"pad_token_id": 100},  # outside vocab
-        {"hidden_act": "swish"},
+        ({"hidden_size": 30, "num_heads": 4}, "not divisible by num_heads"),
+        ({"num_layers": 0}, "num_layers must be positive"),
+        ({"position_embedding": "sinusoidal", "hidden_size": 33, "num_heads": 3}, "need an even hidden_size"),
+        ({"pad_token_id": 100}, "outside the vocabulary"),
+        ({"hidden_act": "swish"}, "unsupported hidden_act"),
     ],
 )
-def test_bad_configs_are_refused(kwargs: dict) -> None:
-    with pytest.raises(ValueError):
+def test_bad_configs_are_refused(kwargs: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
         EncoderConfig(vocab_size=50, **kwargs)
 
 

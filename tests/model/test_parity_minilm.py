@@ -73,6 +73,7 @@ def test_attention_probabilities_match_transformers(loaded, real_checkpoint_dir:
                 worst = max(worst, diff.max().item())
             worst_hidden = max(worst_hidden, (got.last_hidden_state - want.last_hidden_state).abs()[real].max().item())
     log.info("attention vs transformers: max abs diff %.2e; hidden %.2e", worst, worst_hidden)
-    assert got.attentions.shape[0] == 6 and got.attentions.shape[2] == 12
+    assert got.attentions.shape[0] == 6
+    assert got.attentions.shape[2] == 12
     assert worst <= ATTENTION_MAX_ABS, f"attention max abs diff {worst}"
     assert worst_hidden <= 1e-4, f"hidden-state max abs diff {worst_hidden}"

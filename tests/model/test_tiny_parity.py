@@ -31,7 +31,9 @@ def test_matches_transformers_and_sentence_transformers(checkpoint: Path) -> Non
     from model import load_checkpoint
 
     loaded = load_checkpoint(checkpoint)
-    assert loaded.config.hidden_size == 64 and loaded.config.num_layers == 3 and loaded.config.num_heads == 8
+    assert loaded.config.hidden_size == 64
+    assert loaded.config.num_layers == 3
+    assert loaded.config.num_heads == 8
     hf = AutoModel.from_pretrained(str(checkpoint), attn_implementation="eager").eval()
     st = SentenceTransformer(str(checkpoint), device="cpu")
     sentences = parity_sentences(40, seed=5)

@@ -98,19 +98,22 @@ def test_validation_error_names_the_union_branch_that_got_furthest() -> None:
 
 def test_overload_replies_carry_retry_after() -> None:
     response = service_error_response(QueueFullError("full", retry_after_s=7))
-    assert response.status_code == 429 and response.headers["retry-after"] == "7"
+    assert response.status_code == 429
+    assert response.headers["retry-after"] == "7"
     assert service_error_response(UnavailableError("draining")).headers["retry-after"] == "1"
 
 
 def test_internal_errors_never_leak_their_message() -> None:
     response = service_error_response(InferenceError("CUDA error at /src/secret/path.cu:42"))
     assert response.status_code == 500
-    assert b"secret" not in response.body and b"inference failed" in response.body
+    assert b"secret" not in response.body
+    assert b"inference failed" in response.body
 
 
 def test_auth_error_asks_for_bearer() -> None:
     response = service_error_response(AuthenticationError("no key"))
-    assert response.status_code == 401 and response.headers["www-authenticate"] == "Bearer"
+    assert response.status_code == 401
+    assert response.headers["www-authenticate"] == "Bearer"
 
 
 @pytest.mark.parametrize(
@@ -131,7 +134,8 @@ def test_validation_error_never_echoes_the_input() -> None:
         [{"type": "string_type", "loc": ("inputs", "list[str]", 1), "msg": "Input should be a valid string",
           "input": "SECRET-INPUT"}]
     )
-    assert err.param == "inputs[1]" and "SECRET" not in err.message
+    assert err.param == "inputs[1]"
+    assert "SECRET" not in err.message
 
 
 @pytest.mark.parametrize(

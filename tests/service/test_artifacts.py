@@ -34,7 +34,9 @@ def _write_artifact(directory: Path) -> Path:
 
 def test_valid_artifact_loads(tmp_path: Path) -> None:
     m = load_manifest(_write_artifact(tmp_path))
-    assert m.model_name == "fake" and m.embedding_dim == 8 and m.max_seq_length == 16
+    assert m.model_name == "fake"
+    assert m.embedding_dim == 8
+    assert m.max_seq_length == 16
     assert m.graph("fp32").path == tmp_path / "model.onnx"
     assert m.graph("fp32").outputs == ("sentence_embedding",)
 
@@ -82,10 +84,12 @@ def _rewrite_manifest(directory: Path, **changes: object) -> None:
 
 def test_prompts_are_read_and_an_old_manifest_has_none(tmp_path: Path) -> None:
     plain = load_manifest(_write_artifact(tmp_path))
-    assert plain.prompts == {} and plain.default_prompt_name is None
+    assert plain.prompts == {}
+    assert plain.default_prompt_name is None
     _rewrite_manifest(tmp_path, prompts={"query": "query: "}, default_prompt_name="query")
     m = load_manifest(tmp_path)
-    assert m.prompts == {"query": "query: "} and m.default_prompt_name == "query"
+    assert m.prompts == {"query": "query: "}
+    assert m.default_prompt_name == "query"
 
 
 @pytest.mark.parametrize(("prompts", "default", "needle"), [

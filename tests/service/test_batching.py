@@ -456,7 +456,8 @@ def test_items_past_queue_deadline_time_out_and_are_never_computed() -> None:
             assert b.queue_depth == 0
 
     run(main)
-    assert 1001 not in runner.executed_tokens() and 1002 not in runner.executed_tokens()
+    assert 1001 not in runner.executed_tokens()
+    assert 1002 not in runner.executed_tokens()
     # at most one of them was padded ahead (the lookahead batch), and neither after its deadline
     assert len({1001, 1002} & runner.prepared_tokens()) <= 1
     assert observer.timed_out == 2
@@ -480,10 +481,12 @@ def test_watchdog_reports_stall_and_waiting_items_still_time_out() -> None:
             (stalled,) = await hung  # answered by the watchdog, not left hanging
             assert isinstance(stalled.error, UnavailableError)
             health = b.health()
-            assert not health.ok and not b.healthy
+            assert not health.ok
+            assert not b.healthy
             assert "no batch finished" in (health.reason or "")
             assert health.seconds_since_progress >= 0.15
-            assert b.queue_depth == 0 and b.in_flight_batches >= 1  # the hung one (+ an emptied lookahead)
+            assert b.queue_depth == 0
+            assert b.in_flight_batches >= 1  # the hung one (+ an emptied lookahead)
             runner.gate.set()  # the forward pass returns at last: progress resumes
             await wait_until(lambda: b.healthy)
             assert_results(await embed(b, [tokens(2, 3)]), [tokens(2, 3)])
@@ -568,7 +571,8 @@ def test_failed_batch_is_isolated_to_the_poison_item(poison: int) -> None:
                 assert_results(outcomes, rs)
             mixed = results[3]
             assert_results([mixed[0], mixed[2]], [bad_request[0], bad_request[2]])
-            assert isinstance(mixed[1].error, InferenceError) and mixed[1].result is None
+            assert isinstance(mixed[1].error, InferenceError)
+            assert mixed[1].result is None
             assert b.healthy
             for i in range(5):
                 assert_results(await embed(b, [tokens(20 + i, 3)]), [tokens(20 + i, 3)])
@@ -676,7 +680,8 @@ def test_results_map_back_for_many_concurrent_requests() -> None:
     assert sum(len(c.rows) for c in executes) == sum(len(rows) for _, rows, _ in requests)
     assert {c.graph for c in executes} == {"embed", "attention"}
     for call in executes:
-        assert len(call.rows) <= 8 and len(call.rows) * max(len(r) for r in call.rows) <= 200
+        assert len(call.rows) <= 8
+        assert len(call.rows) * max(len(r) for r in call.rows) <= 200
     assert any(len(c.rows) > 1 for c in executes)
 
 
@@ -695,7 +700,8 @@ def test_stop_drains_admitted_work_then_refuses() -> None:
         stopping = asyncio.create_task(batcher.stop())
         await asyncio.sleep(0.05)
         assert not stopping.done()  # waits for the admission still out
-        assert not batcher.accepting and batcher.health().ok  # draining is not a liveness failure
+        assert not batcher.accepting
+        assert batcher.health().ok  # draining is not a liveness failure
         with pytest.raises(UnavailableError):
             batcher.try_admit(1)
         late_rows = [tokens(10, 3), tokens(11, 3)]
@@ -704,7 +710,8 @@ def test_stop_drains_admitted_work_then_refuses() -> None:
         for i, task in enumerate(queued):
             assert_results(task.result(), [tokens(i, 4)])
         assert batcher.queue_depth == 0
-        assert not batcher.health().ok and "stopped" in (batcher.health().reason or "")
+        assert not batcher.health().ok
+        assert "stopped" in (batcher.health().reason or "")
         with pytest.raises(UnavailableError):
             batcher.try_admit(1)
 

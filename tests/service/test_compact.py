@@ -54,7 +54,8 @@ def test_scalar_matches_sentence_transformers_with_ranges(corpus, precision: str
     ranges = calibration_ranges(calib)
     expected = quantize_embeddings(queries, precision=precision, ranges=np.vstack(ranges))
     got = quantize_scalar(queries, ranges, signed=precision == "int8")
-    assert got.dtype == expected.dtype and got.shape == expected.shape
+    assert got.dtype == expected.dtype
+    assert got.shape == expected.shape
     np.testing.assert_array_equal(got, expected)
     assert convert(queries, [precision], ranges)[precision] == expected.tolist()
 
@@ -97,8 +98,10 @@ def test_out_of_range_values_clip_instead_of_wrapping() -> None:
     int8 = quantize_scalar(emb, ranges, signed=True)
     assert uint8[0].tolist() == [0, 0, 255, 255]
     assert int8[0].tolist() == [-128, -128, 127, 127]
-    assert uint8[1, :2].tolist() == [0, 255] and int8[1, :2].tolist() == [-128, 127]
-    assert uint8[1, 2] == 0 and int8[1, 2] == -128  # min is bucket 0
+    assert uint8[1, :2].tolist() == [0, 255]
+    assert int8[1, :2].tolist() == [-128, 127]
+    assert uint8[1, 2] == 0
+    assert int8[1, 2] == -128  # min is bucket 0
     # sentence-transformers 6.2.0 clips too; pin that, so a change there cannot silently split the two
     np.testing.assert_array_equal(uint8, quantize_embeddings(emb, precision="uint8", ranges=np.vstack(ranges)))
 
@@ -111,7 +114,8 @@ def test_binary_matches_sentence_transformers(precision: str, dim: int) -> None:
     emb[0, : min(dim, 4)] = 0.0  # exactly zero is not positive: bit 0
     expected = quantize_embeddings(emb, precision=precision)
     got = pack_bits(emb, signed=precision == "binary")
-    assert got.dtype == expected.dtype and got.shape == (40, (dim + 7) // 8)
+    assert got.dtype == expected.dtype
+    assert got.shape == (40, (dim + 7) // 8)
     np.testing.assert_array_equal(got, expected)
     assert convert(emb, [precision])[precision] == expected.tolist()
 
@@ -139,7 +143,8 @@ def test_convert_returns_json_ready_lists_in_request_order() -> None:
     out = convert(emb, ["ubinary", "float", "int8", "float", "base64"], calibration_ranges(_normalized(rng, 50, 16)))
     assert list(out) == ["ubinary", "float", "int8", "base64"]  # duplicates collapse, order kept
     assert all(len(v) == 3 for v in out.values())
-    assert out["float"] == emb.tolist() and isinstance(out["float"][0][0], float)
+    assert out["float"] == emb.tolist()
+    assert isinstance(out["float"][0][0], float)
     assert all(type(x) is int for x in out["int8"][0] + out["ubinary"][0])
     assert isinstance(out["base64"][0], str)
 
@@ -160,8 +165,10 @@ def test_unknown_or_no_type_is_a_request_error(types: list[str]) -> None:
     with pytest.raises(EmbeddingTypeError) as info:
         convert(np.zeros((1, 8), np.float32), types)
     err = info.value
-    assert isinstance(err, ValueError) and isinstance(err, InvalidRequestError)
-    assert err.param == "embedding_types" and err.code == "invalid_embedding_type"
+    assert isinstance(err, ValueError)
+    assert isinstance(err, InvalidRequestError)
+    assert err.param == "embedding_types"
+    assert err.code == "invalid_embedding_type"
     assert "expected one of" in err.message or "at least one" in err.message
 
 

@@ -28,8 +28,10 @@ def _handle(name: str, batcher: Batcher) -> ModelHandle:
 def test_lookup_by_name_default_and_unknown() -> None:
     a, b = Batcher(FakeRunner(), BatcherConfig()), Batcher(FakeRunner(), BatcherConfig())
     registry = ModelRegistry((_handle("a", a), _handle("b", b)))
-    assert registry.get(None).name == "a" and registry.get("b").batcher is b
-    assert registry.names == ["a", "b"] and len(registry) == 2
+    assert registry.get(None).name == "a"
+    assert registry.get("b").batcher is b
+    assert registry.names == ["a", "b"]
+    assert len(registry) == 2
     with pytest.raises(ModelNotFoundError, match="a, b"):
         registry.get("c")
 
@@ -47,7 +49,8 @@ def test_door_refuses_only_when_every_model_would_and_stays_cheap() -> None:
             door.inside = 0
             held.append(b.try_admit(3))
             refusal = door.refusal()
-            assert isinstance(refusal, QueueFullError) and refusal.retry_after_s >= 1
+            assert isinstance(refusal, QueueFullError)
+            assert refusal.retry_after_s >= 1
             n = 20_000
             t0 = time.perf_counter()
             for _ in range(n):
@@ -65,7 +68,8 @@ def test_door_refuses_only_when_every_model_would_and_stays_cheap() -> None:
 def test_door_lets_everything_through_while_the_app_is_not_serving() -> None:
     calls: list[int] = []
     door = Door(lambda inside: calls.append(inside), lambda: False, Metrics())
-    assert door.refusal() is None and calls == []
+    assert door.refusal() is None
+    assert calls == []
 
 
 def test_model_specs_parse_names_dirs_and_limits() -> None:

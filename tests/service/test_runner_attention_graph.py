@@ -26,7 +26,8 @@ def _runner(artifact: Path, mode: str) -> OnnxRunner:
 def test_lazy_is_the_default_and_builds_on_first_attention_batch(tiny_artifact_dir: Path) -> None:
     assert Settings().attention_graph == "lazy"
     lazy, eager = _runner(tiny_artifact_dir, "lazy"), _runner(tiny_artifact_dir, "eager")
-    assert ATTENTION in lazy.graphs and ATTENTION not in lazy.loaded_graphs
+    assert ATTENTION in lazy.graphs
+    assert ATTENTION not in lazy.loaded_graphs
     assert ATTENTION in eager.loaded_graphs
     lazy.execute(lazy.prepare(EMBED, ROWS))
     assert ATTENTION not in lazy.loaded_graphs, "an embedding batch must not build the attention graph"
@@ -35,7 +36,8 @@ def test_lazy_is_the_default_and_builds_on_first_attention_batch(tiny_artifact_d
     want = eager.execute(eager.prepare(ATTENTION, ROWS))
     assert ATTENTION in lazy.loaded_graphs
     for g, w, row in zip(got, want, ROWS, strict=True):
-        assert g.attentions is not None and g.attentions.shape[-1] == len(row)
+        assert g.attentions is not None
+        assert g.attentions.shape[-1] == len(row)
         np.testing.assert_array_equal(g.attentions, w.attentions)
         np.testing.assert_array_equal(g.embedding, w.embedding)
 

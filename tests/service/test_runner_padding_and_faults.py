@@ -103,4 +103,6 @@ def test_log_messages_are_escaped_but_tracebacks_keep_newlines() -> None:
         record = logging.LogRecord("t", logging.ERROR, __file__, 1, "path %s", ("/x\x1b[2J\n",), sys.exc_info())
     text = formatter.format(record)
     first, *rest = text.split("\n")
-    assert first == "ERROR path /x\\x1b[2J\\n" and rest and "Traceback" in rest[0]
+    assert first == "ERROR path /x\\x1b[2J\\n"
+    assert rest
+    assert "Traceback" in rest[0]

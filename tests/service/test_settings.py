@@ -20,7 +20,9 @@ def test_defaults_match_contract(monkeypatch: pytest.MonkeyPatch) -> None:
     assert (s.max_batch_size, s.max_batch_tokens, s.max_wait_ms, s.max_queue_size) == (64, 2048, 2.0, 2048)
     assert (s.queue_timeout_s, s.max_body_bytes, s.max_inputs_per_request) == (10.0, 2_000_000, 256)
     assert (s.max_chars_per_input, s.max_tokens_per_request, s.attention_budget) == (100_000, 65536, 4_000_000)
-    assert s.api_key is None and s.cors_origins == [] and s.require_gpu is False
+    assert s.api_key is None
+    assert s.cors_origins == []
+    assert s.require_gpu is False
 
 
 def test_reads_prefixed_environment(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -31,9 +33,12 @@ def test_reads_prefixed_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("EMBED_API_KEY", "s3cret")
     monkeypatch.setenv("EMBED_LOG_LEVEL", "DEBUG")
     s = Settings()
-    assert s.port == 9123 and s.max_wait_ms == 0 and s.require_gpu is True
+    assert s.port == 9123
+    assert s.max_wait_ms == 0
+    assert s.require_gpu is True
     assert s.cors_origins == ["https://a.example", "https://b.example"]
-    assert s.api_key is not None and s.api_key.get_secret_value() == "s3cret"
+    assert s.api_key is not None
+    assert s.api_key.get_secret_value() == "s3cret"
     assert "s3cret" not in repr(s)  # the key never lands in logs via repr
     assert s.log_level == "debug"
 

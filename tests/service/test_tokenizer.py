@@ -33,9 +33,11 @@ def test_long_text_is_truncated_and_flagged(tok: TextTokenizer, direction: str) 
     words = " ".join(f"w{i}" for i in range(40))
     (enc,) = tok.encode_batch([words], TruncationPolicy(truncate=True, direction=direction))  # type: ignore[arg-type]
     assert enc.truncated
-    assert enc.token_count == MAX_LEN and enc.original_token_count > MAX_LEN
+    assert enc.token_count == MAX_LEN
+    assert enc.original_token_count > MAX_LEN
     # The cut never removes the special tokens at the ends.
-    assert enc.tokens[0].text == "[CLS]" and enc.tokens[-1].text == "[SEP]"
+    assert enc.tokens[0].text == "[CLS]"
+    assert enc.tokens[-1].text == "[SEP]"
     kept_first = enc.tokens[1].start
     assert (kept_first == 0) == (direction == "right")
 
@@ -45,13 +47,15 @@ def test_truncation_off_refuses_with_index_and_count(tok: TextTokenizer) -> None
     with pytest.raises(InvalidRequestError) as info:
         tok.encode_batch(["fine", long], TruncationPolicy(truncate=False))
     assert info.value.param == "input[1]"
-    assert "32 tokens" in info.value.message and f"max {MAX_LEN}" in info.value.message
+    assert "32 tokens" in info.value.message
+    assert f"max {MAX_LEN}" in info.value.message
 
 
 def test_char_cap_applies_before_tokenizing(tok: TextTokenizer) -> None:
     huge = "a" * (MAX_CHARS * 50)
     (enc,) = tok.encode_batch([huge], TruncationPolicy())
-    assert enc.truncated and enc.char_count == MAX_CHARS
+    assert enc.truncated
+    assert enc.char_count == MAX_CHARS
     with pytest.raises(InvalidRequestError, match=f"characters, max {MAX_CHARS}"):
         tok.encode_batch([huge], TruncationPolicy(truncate=False))
 
@@ -60,7 +64,8 @@ def test_char_cap_applies_before_tokenizing(tok: TextTokenizer) -> None:
 def test_text_without_content_is_refused(tok: TextTokenizer, text: str) -> None:
     with pytest.raises(InvalidRequestError) as info:
         tok.encode_batch(["ok", text], TruncationPolicy())
-    assert info.value.code == "empty_input" and info.value.param == "input[1]"
+    assert info.value.code == "empty_input"
+    assert info.value.param == "input[1]"
 
 
 @pytest.mark.parametrize("text", ["\ud800", "a\udc80b"])
@@ -75,12 +80,14 @@ def test_lone_surrogate_is_refused_without_echo(tok: TextTokenizer, text: str) -
 def test_odd_but_valid_text_is_deterministic(tok: TextTokenizer, text: str) -> None:
     a = tok.encode_batch([text + " x"], TruncationPolicy())[0]
     b = tok.encode_batch([text + " x"], TruncationPolicy())[0]
-    assert list(a.ids) == list(b.ids) and a.ids.dtype.name == "int64"
+    assert list(a.ids) == list(b.ids)
+    assert a.ids.dtype.name == "int64"
 
 
 def test_token_ids_are_checked_and_truncated(tok: TextTokenizer) -> None:
     (enc,) = tok.encode_ids([[101] + [7592] * 20 + [102]], TruncationPolicy())
-    assert enc.truncated and enc.token_count == MAX_LEN
+    assert enc.truncated
+    assert enc.token_count == MAX_LEN
     with pytest.raises(InvalidRequestError, match="outside"):
         tok.encode_ids([[101, 10**9]], TruncationPolicy())
     with pytest.raises(InvalidRequestError, match="tokens, max"):
@@ -90,7 +97,8 @@ def test_token_ids_are_checked_and_truncated(tok: TextTokenizer) -> None:
 def test_tokenize_mode_ignores_window_and_allows_empty(tok: TextTokenizer) -> None:
     long = " ".join(["word"] * 30)
     enc, empty = tok.encode_batch([long, "  "], TruncationPolicy(False), enforce_window=False, allow_empty=True)
-    assert enc.token_count == 32 and not enc.truncated
+    assert enc.token_count == 32
+    assert not enc.truncated
     assert [t.text for t in empty.tokens] == ["[CLS]", "[SEP]"]
 
 
@@ -106,13 +114,15 @@ def test_prefix_is_prepended_before_limits_and_offsets(tok: TextTokenizer) -> No
 def test_a_prompt_does_not_make_an_empty_text_content(tok: TextTokenizer, text: str) -> None:
     with pytest.raises(InvalidRequestError) as err:
         tok.encode_batch(["fine", text], TruncationPolicy(), prefix="query: ")
-    assert err.value.param == "input[1]" and err.value.code == "empty_input"
+    assert err.value.param == "input[1]"
+    assert err.value.code == "empty_input"
 
 
 def test_positions_name_the_input_in_the_whole_request(tok: TextTokenizer) -> None:
     with pytest.raises(InvalidRequestError) as err:
         tok.encode_batch(["fine", "   "], TruncationPolicy(), positions=[3, 7])
-    assert err.value.param == "input[7]" and err.value.code == "empty_input"
+    assert err.value.param == "input[7]"
+    assert err.value.code == "empty_input"
     with pytest.raises(InvalidRequestError) as err:
         tok.encode_ids([[101, 102], [10**9]], TruncationPolicy(), positions=[0, 5])
     assert err.value.param == "input[5]"
