@@ -17,14 +17,14 @@ import logging
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from service.artifacts import Manifest, load_manifest
 from service.batching import Batcher, BatcherConfig, BatchRunner
 from service.engine import Engine
 from service.errors import ModelNotFoundError, QueueFullError, ServiceError
-from service.faults import FaultInjectingRunner
 from service.metrics import Metrics
-from service.runner import OnnxRunner
+from service.runner import OnnxRunner, RowResult
 from service.settings import ModelSpec, Settings
 from service.tokenizer import TextTokenizer
 
@@ -72,7 +72,7 @@ class ModelHandle:
     manifest: Manifest
     tokenizer: TextTokenizer
     runner: OnnxRunner
-    batcher: Batcher
+    batcher: Batcher[Any, RowResult]
     engine: Engine
     limits: ModelLimits
     resident_bytes: int
@@ -162,8 +162,10 @@ def build_registry(loaded: Sequence[LoadedModel], settings: Settings, metrics: M
     for model in loaded:
         observer = metrics.for_model(model.name)
         observer.resident_bytes.set(model.resident_bytes)
-        runner: BatchRunner = model.runner
-        if settings.fault_injection:
+        runner: BatchRunner[Any, RowResult] = model.runner  # or the fault injector's wrapper of it
+        if settings.fault_injection:  # test only: the wrapper is not even imported otherwise
+            from service.faults import FaultInjectingRunner
+
             runner = FaultInjectingRunner(model.runner, model.tokenizer, settings.fault_duration_s)
         batcher = Batcher(runner, _batcher_config(settings, model), observer=observer)
         engine = Engine(model.manifest, model.tokenizer, batcher, settings, observer, model.runner.graphs)
