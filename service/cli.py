@@ -27,6 +27,8 @@ def _as_env_value(value: object) -> str:
         return "(required)"
     if value is None:
         return "(unset)"
+    if isinstance(value, list):
+        return ",".join(map(str, value)) or "(empty)"
     if isinstance(value, bool):
         return "true" if value else "false"
     return str(value)
@@ -37,7 +39,8 @@ def settings_table() -> list[tuple[str, str, str]]:
     prefix = str(Settings.model_config.get("env_prefix", ""))
     rows = []
     for name, field in Settings.model_fields.items():
-        rows.append((f"{prefix}{name}".upper(), _as_env_value(field.default), field.description or ""))
+        default = field.get_default(call_default_factory=True)  # a list setting's default comes from a factory
+        rows.append((f"{prefix}{name}".upper(), _as_env_value(default), field.description or ""))
     return rows
 
 
@@ -54,7 +57,7 @@ def _export(args: Sequence[str]) -> int:
         logging.basicConfig(level=logging.ERROR)
         logger.error("export needs the export dependencies: pip install 'encoder-serve[export]'")
         return 2
-    return subprocess.call([sys.executable, "-m", "export", *args], env=os.environ.copy())
+    return subprocess.call([sys.executable, "-m", "export", *args], env=os.environ.copy())  # noqa: S603  argv, no shell
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -69,3 +69,11 @@ def test_unknown_subcommand_is_a_usage_error() -> None:
                           timeout=60)
     assert done.returncode == 2
     assert "invalid choice" in done.stderr
+
+
+def test_info_shows_list_defaults_as_empty_not_required() -> None:
+    from service.cli import settings_table
+
+    defaults = {env: default for env, default, _ in settings_table()}
+    assert defaults["EMBED_MODELS"] == "(empty)" and defaults["EMBED_CORS_ORIGINS"] == "(empty)"
+    assert "(required)" not in defaults.values()  # every setting has a default
