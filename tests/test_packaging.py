@@ -75,5 +75,6 @@ def test_info_shows_list_defaults_as_empty_not_required() -> None:
     from service.cli import settings_table
 
     defaults = {env: default for env, default, _ in settings_table()}
-    assert defaults["EMBED_MODELS"] == "(empty)" and defaults["EMBED_CORS_ORIGINS"] == "(empty)"
+    assert defaults["EMBED_MODELS"] == "(empty)"
+    assert defaults["EMBED_CORS_ORIGINS"] == "(empty)"
     assert "(required)" not in defaults.values()  # every setting has a default
