@@ -78,3 +78,40 @@ def test_info_shows_list_defaults_as_empty_not_required() -> None:
     assert defaults["EMBED_MODELS"] == "(empty)"
     assert defaults["EMBED_CORS_ORIGINS"] == "(empty)"
     assert "(required)" not in defaults.values()  # every setting has a default
+
+
+def _locked(name: str) -> dict[str, list[str]]:
+    """requirements/lock/<name> as {package: [its --hash options]} (continuation lines joined)."""
+    text = re.sub(r"\\\n", " ", (REPO / "requirements" / "lock" / name).read_text())
+    locked: dict[str, list[str]] = {}
+    for line in text.splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            requirement, *options = line.split()
+            locked[requirement] = [o for o in options if o.startswith("--hash=sha256:")]
+    return locked
+
+
+def _canonical(pin: str) -> str:
+    name, version = re.sub(r"\[.*\]", "", pin).split("==")
+    return f"{re.sub(r'[-_.]+', '-', name).lower()}=={version}"
+
+
+def test_every_lock_pins_each_package_with_a_hash_and_holds_its_inputs_pins() -> None:
+    """`make lock` output: exact pins and sha256s for every package, the top-level pins among them, so that
+    `pip install --require-hashes` (make, the Dockerfile) accepts it and installs what requirements/ asks for."""
+    inputs = {"serve.txt": ["serve.txt"], "serve-gpu.txt": ["serve-gpu.txt"], "export.txt": ["serve.txt", "export.txt"],
+              "test.txt": ["serve.txt", "export.txt", "test.txt"], "model.txt": ["model.txt"],
+              "build.txt": ["build.txt"], "tools.txt": ["tools.txt"]}
+    assert {p.name for p in (REPO / "requirements" / "lock").glob("*.txt")} == set(inputs)
+    for lock, sources in inputs.items():
+        locked = _locked(lock)
+        for requirement, hashes in locked.items():
+            assert re.fullmatch(r"[a-z0-9-]+==\S+", requirement), f"{lock}: {requirement} is not an exact pin"
+            assert hashes, f"{lock}: {requirement} has no --hash"
+        # torch's pin is the CPU build of the same release (torch==2.13.0 -> torch==2.13.0+cpu)
+        versions = {r.split("+")[0] for r in locked}
+        for source in sources:
+            for pin in _pins(source):
+                assert _canonical(pin) in versions, f"{lock} lacks {source}'s {pin}"
+    assert set(_locked("serve.txt")) <= set(_locked("export.txt")) <= set(_locked("test.txt")), "one version each"
