@@ -111,12 +111,11 @@ async def _load(host: str, port: int, bodies: list[bytes], clients: int, max_sec
         i = k
         try:
             while not stop.is_set() and time.monotonic() < deadline:
-                if writer is None:
+                if reader is None or writer is None:
                     reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), HTTP_TIMEOUT_S)
                     connected += 1
                     if connected == clients:
                         conn.send("connected")
-                assert reader is not None
                 try:
                     reply = await asyncio.wait_for(request(reader, writer, bodies[i % len(bodies)]), HTTP_TIMEOUT_S)
                 except (TimeoutError, OSError, asyncio.IncompleteReadError, ValueError, IndexError) as exc:

@@ -443,7 +443,7 @@ def pip_download(package: str, version: str, dest: Path) -> Path:
         log_path = scratch_dir / "pip.log"
         # pip downloads into TMPDIR before copying to --dest; a private one lets the heartbeat count bytes.
         with log_path.open("w") as out:
-            proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT,
+            proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT,  # noqa: S603  argv list, no shell
                                     env={**os.environ, "TMPDIR": scratch})
             try:
                 while True:

@@ -90,12 +90,14 @@ def run_task_export(options: ExportOptions, task: str, fingerprint: str) -> Path
         }
         if task == "sparse":
             sparse = checkpoint.sparse
-            assert sparse is not None
+            if sparse is None:  # load_task_checkpoint sets it for every sparse checkpoint
+                raise ValueError(f"{options.model_dir}: a sparse export without the checkpoint's sparse head config")
             manifest["sparse"] = {"vocab_size": sparse.vocab_size, "pooling_strategy": sparse.pooling_strategy,
                                   "activation": sparse.splade_activation}
         else:
             classifier = checkpoint.classifier
-            assert classifier is not None
+            if classifier is None:  # load_task_checkpoint sets it for every rerank/classify checkpoint
+                raise ValueError(f"{options.model_dir}: a {task} export without the checkpoint's classifier head")
             manifest["score_activation"] = checkpoint.score_activation
             manifest["head"] = {"pooling": classifier.pooling, "activation": classifier.activation,
                                 "num_labels": classifier.num_labels}

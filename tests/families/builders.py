@@ -205,7 +205,7 @@ def _xlm_roberta_tokenizer() -> Tokenizer:
     ])
     tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
     trainer = trainers.UnigramTrainer(vocab_size=700, special_tokens=["<s>", "<pad>", "</s>", "<unk>"],
-                                      unk_token="<unk>", show_progress=False)
+                                      unk_token="<unk>", show_progress=False)  # noqa: S106  a token, not a password
     tok.train_from_iterator(_corpus(), trainer)
     tok.model = models.Unigram(_canonical_unigram_vocab(json.loads(tok.to_str())["model"]["vocab"]), unk_id=3,
                                byte_fallback=False)

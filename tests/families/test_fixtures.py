@@ -210,7 +210,7 @@ def test_qwen3_pads_left_pools_the_last_token_and_prepends_its_prompt(tmp_path: 
     directory = build_checkpoint("qwen3", tmp_path / "qwen3")
     tokenizer_config = json.loads((directory / "tokenizer_config.json").read_text())
     assert tokenizer_config["padding_side"] == "left"
-    assert tokenizer_config["pad_token"] == "<|endoftext|>"
+    assert tokenizer_config["pad_token"] == "<|endoftext|>"  # noqa: S105  a token, not a password
     st_config = json.loads((directory / "config_sentence_transformers.json").read_text())
     assert st_config["prompts"]["query"] == QWEN3_PROMPTS["query"]
     assert st_config["default_prompt_name"] is None
