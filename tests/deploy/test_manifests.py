@@ -95,8 +95,12 @@ def test_dockerfile_stages_have_one_job_each() -> None:
         body = "\n".join(stages[name])
         assert "torch" not in body.lower(), f"{name}: the runtime image must not carry torch"
         copies = [i for i in stages[name] if i.upper().startswith("COPY")]
-        sources = {i.split()[-2] for i in copies}
-        assert sources <= {"service/", "/artifacts", "requirements/serve.txt", "requirements/serve-gpu.txt"}, sources
+        # Every source of every COPY (all words but the instruction, flags and the destination): the runtime gets
+        # the server's code, the package metadata it is installed from, the exported artifacts and its locks.
+        sources = {word for i in copies for word in i.split()[1:-1] if not word.startswith("--")}
+        allowed = {"service/", "/artifacts", "pyproject.toml", "README.md", "requirements/lock/build.txt",
+                   "requirements/lock/serve.txt" if name == "cpu" else "requirements/lock/serve-gpu.txt"}
+        assert sources <= allowed, sources - allowed
         user = [i for i in stages[name] if i.upper().startswith("USER ")]
         assert user, f"{name}: no USER"
         assert user[-1].split()[1].split(":")[0] not in {"0", "root"}, f"{name}: runs as root"
