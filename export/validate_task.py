@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import torch
-from torch import nn
 
 from export.validate import (
     FP32_TOLERANCE,
@@ -27,6 +26,7 @@ from export.validate import (
     median_latency_ms,
     not_runnable_on_cpu,
 )
+from model.heads import SpladeEncoder, TaskModel
 
 log = logging.getLogger(__name__)
 
@@ -60,14 +60,15 @@ def _run(session: ort.InferenceSession, batch: Batch, top_k: int | None) -> dict
     return dict(zip(names, session.run(None, _feeds(batch, top_k)), strict=True))
 
 
-def validate_task(model: nn.Module, task: str, graphs: dict[str, Path], batches: list[Batch],
+def validate_task(model: TaskModel, task: str, graphs: dict[str, Path], batches: list[Batch],
                   latency_batch: Batch) -> Report:
     """Compare every task graph with the PyTorch task model; record the figures; raise nothing."""
     report = Report()
     sparse = task == "sparse"
     with torch.no_grad():
         expected = [model(*b.torch()[:3]) for b in batches]
-        vectors = ([model.sparse_embedding(*b.torch()[:3])[0].numpy() for b in batches] if sparse else [])
+        vectors = ([model.sparse_embedding(*b.torch()[:3])[0].numpy() for b in batches]
+                   if sparse and isinstance(model, SpladeEncoder) else [])
     vocab = vectors[0].shape[1] if sparse else 0
     for name, path in graphs.items():
         try:

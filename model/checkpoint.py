@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from model.config import DenseConfig, EncoderConfig, PoolingConfig, PoolingMode
+from model.config import DenseActivation, DenseConfig, EncoderConfig, PoolingConfig, PoolingMode
 from model.encoder import Encoder
 from model.families import SUPPORTED_MODEL_TYPES, Family, family_for
 from model.families.base import CheckpointError, require
@@ -31,8 +31,9 @@ _POOLING_KEYS: tuple[tuple[PoolingMode, str], ...] = (
     ("mean_sqrt_len_tokens", "pooling_mode_mean_sqrt_len_tokens"),
     ("weightedmean", "pooling_mode_weightedmean_tokens"), ("lasttoken", "pooling_mode_lasttoken"),
 )
+_POOLING_MODES: dict[str, PoolingMode] = {mode: mode for mode, _ in _POOLING_KEYS}
 # sentence-transformers stores a Dense activation as its class path.
-_DENSE_ACTIVATIONS = {
+_DENSE_ACTIVATIONS: dict[str, DenseActivation] = {
     "torch.nn.modules.linear.Identity": "identity", "torch.nn.modules.activation.Tanh": "tanh",
     "torch.nn.modules.activation.ReLU": "relu", "torch.nn.modules.activation.GELU": "gelu",
     "torch.nn.modules.activation.Sigmoid": "sigmoid",
@@ -86,7 +87,7 @@ def _read_dense(directory: Path, module: dict[str, Any], in_features: int) -> tu
     try:
         config = DenseConfig(in_features=int(require(raw, "in_features", path)),
                              out_features=int(require(raw, "out_features", path)),
-                             bias=bool(raw.get("bias", True)), activation=_DENSE_ACTIVATIONS[name])  # type: ignore[arg-type]
+                             bias=bool(raw.get("bias", True)), activation=_DENSE_ACTIVATIONS[name])
     except (TypeError, ValueError) as exc:
         raise CheckpointError(f"{path}: {exc}") from exc
     if config.in_features != in_features:
@@ -94,7 +95,7 @@ def _read_dense(directory: Path, module: dict[str, Any], in_features: int) -> tu
     if not any((module_dir / f).is_file() for f in ("model.safetensors", "pytorch_model.bin")):
         raise CheckpointError(f"{module_dir}: missing Dense weights (model.safetensors or pytorch_model.bin)")
     weights_file, state = _read_weights(module_dir)
-    expected = {"linear.weight": (config.out_features, config.in_features)}
+    expected: dict[str, tuple[int, ...]] = {"linear.weight": (config.out_features, config.in_features)}
     if config.bias:
         expected["linear.bias"] = (config.out_features,)
     for key, shape in expected.items():
@@ -191,7 +192,7 @@ def _read_pooling_module(path: Path) -> tuple[PoolingMode, bool]:
         chosen = [mode for mode, key in _POOLING_KEYS if raw.get(key)]
     if len(chosen) != 1:
         raise CheckpointError(f"{path}: exactly one pooling mode must be set, found {chosen or 'none'}")
-    return chosen[0], bool(raw.get("include_prompt", True))
+    return _POOLING_MODES[chosen[0]], bool(raw.get("include_prompt", True))
 
 
 def _read_weights(directory: Path) -> tuple[Path, dict[str, Tensor]]:
@@ -251,7 +252,7 @@ def load_checkpoint(directory: str | Path) -> LoadedCheckpoint:
     if not directory.is_dir():
         raise CheckpointError(f"{directory}: not a directory")
     family, config = read_encoder_config(directory)
-    pooling, dense_weights = read_pooling_config(directory, config, family.default_pooling)  # type: ignore[arg-type]
+    pooling, dense_weights = read_pooling_config(directory, config, family.default_pooling)
     tokenizer_file = directory / "tokenizer.json"
     if not tokenizer_file.is_file():
         raise CheckpointError(f"{tokenizer_file}: file not found (a fast tokenizer file is required)")

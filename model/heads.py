@@ -180,5 +180,9 @@ class SpladeEncoder(nn.Module):
             top_k = torch.tensor([vocab], dtype=torch.int64)
         # K = min(top_k, V), kept a tensor so that the traced graph reads it at run time (ONNX TopK's k input).
         k = torch.minimum(top_k.to(torch.int64), torch.tensor([vocab], dtype=torch.int64)).reshape(())
-        values, indices = torch.topk(vector, k, dim=1, largest=True, sorted=True)  # (B, K)
+        # torch's stub wants an int k; a 0-d tensor works eagerly and is what keeps k dynamic in the export.
+        values, indices = torch.topk(vector, k, dim=1, largest=True, sorted=True)  # type: ignore[arg-type]  # (B, K)
         return SparseOutput(hidden, values, indices, attentions)
+
+
+TaskModel = SequenceClassifier | SpladeEncoder  # what load_task_checkpoint builds, by task

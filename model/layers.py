@@ -96,6 +96,8 @@ class RotaryEmbedding(nn.Module):
     position_ids are given (under left padding too).
     """
 
+    inv_freq: Tensor  # (d_k/2,) buffer
+
     def __init__(self, head_dim: int, theta: float) -> None:
         super().__init__()
         inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))  # (d_k/2,)
@@ -136,6 +138,8 @@ class RelativePositionBias(nn.Module):
 
     The (T, T) bucket table depends only on T, so it is computed once for the longest sequence and sliced.
     """
+
+    buckets: Tensor  # (T_max, T_max) int64 buffer
 
     def __init__(self, config: EncoderConfig) -> None:
         super().__init__()
@@ -296,6 +300,8 @@ class Embeddings(nn.Module):
     Any of the last three may be absent: rotary and relative models add no position here, RoBERTa has one
     segment row, decoders have no norm.
     """
+
+    sinusoid: Tensor | None  # (T_max, D) buffer of sinusoidal models
 
     def __init__(self, config: EncoderConfig) -> None:
         super().__init__()

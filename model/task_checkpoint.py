@@ -37,12 +37,17 @@ from model.heads import (
     MaskedLMHead,
     SequenceClassifier,
     SparseConfig,
+    SpladeActivation,
     SpladeEncoder,
+    SpladeStrategy,
+    TaskModel,
 )
 
 log = logging.getLogger(__name__)
 
 _ST_CONFIG = "config_sentence_transformers.json"
+_SPLADE_STRATEGIES: dict[str, SpladeStrategy] = {"max": "max", "sum": "sum"}
+_SPLADE_ACTIVATIONS: dict[str, SpladeActivation] = {"relu": "relu", "log1p_relu": "log1p_relu"}
 # CrossEncoder's stored activation_fn (a class path) -> the name the manifest records.
 _SCORE_ACTIVATIONS = {
     "torch.nn.modules.activation.Sigmoid": "sigmoid", "torch.nn.modules.linear.Identity": "identity",
@@ -55,7 +60,7 @@ _TRANSFORMER_MODULES = (".Transformer", ".MLMTransformer")
 @dataclass(frozen=True)
 class LoadedTaskCheckpoint:
     task: str  # rerank | classify | sparse
-    model: nn.Module  # SequenceClassifier or SpladeEncoder
+    model: TaskModel
     encoder: Encoder
     config: EncoderConfig
     family: Family
@@ -140,7 +145,8 @@ def score_activation(directory: Path, raw: dict[str, Any], num_labels: int) -> s
     """What the checkpoint says its scores use: CrossEncoder's stored activation_fn (config_sentence_
     transformers.json in 6.x, config.json's `sentence_transformers` in 4.x-5.x, the pre-4 key), else sigmoid for
     one label and softmax for several. Informational: the graphs output raw logits."""
-    st_raw = raw.get("sentence_transformers") if isinstance(raw.get("sentence_transformers"), dict) else {}
+    st_section = raw.get("sentence_transformers")
+    st_raw: dict[str, Any] = st_section if isinstance(st_section, dict) else {}
     sources = ((directory / _ST_CONFIG, _st_config(directory).get("activation_fn")),
                (directory / "config.json", st_raw.get("activation_fn")),
                (directory / "config.json", raw.get("sbert_ce_default_activation_function")))
@@ -154,11 +160,11 @@ def score_activation(directory: Path, raw: dict[str, Any], num_labels: int) -> s
     return "sigmoid" if num_labels == 1 else "softmax"
 
 
-def _splade_settings(directory: Path) -> tuple[str, str]:
+def _splade_settings(directory: Path) -> tuple[SpladeStrategy, SpladeActivation]:
     """(pooling_strategy, activation_function) of the SpladePooling module; SPLADE's max/relu without one."""
     modules = _modules(directory)
     modules_path = directory / "modules.json"
-    found: tuple[str, str] | None = None
+    found: tuple[SpladeStrategy, SpladeActivation] | None = None
     for module in modules:
         kind = str(module.get("type", ""))
         if kind.endswith(_TRANSFORMER_MODULES):
@@ -168,12 +174,13 @@ def _splade_settings(directory: Path) -> tuple[str, str]:
                                   "(supported: Transformer, MLMTransformer, SpladePooling)")
         path = directory / str(module.get("path", "")) / "config.json"
         raw = _read_json(path)
-        found = (str(raw.get("pooling_strategy", "max")), str(raw.get("activation_function", "relu")))
-        if found[0] not in ("max", "sum"):
-            raise CheckpointError(f"{path}: unsupported pooling_strategy={found[0]!r} (supported: 'max', 'sum')")
-        if found[1] not in ("relu", "log1p_relu"):
-            raise CheckpointError(f"{path}: unsupported activation_function={found[1]!r} "
+        strategy, activation = str(raw.get("pooling_strategy", "max")), str(raw.get("activation_function", "relu"))
+        if strategy not in _SPLADE_STRATEGIES:
+            raise CheckpointError(f"{path}: unsupported pooling_strategy={strategy!r} (supported: 'max', 'sum')")
+        if activation not in _SPLADE_ACTIVATIONS:
+            raise CheckpointError(f"{path}: unsupported activation_function={activation!r} "
                                   "(supported: 'relu', 'log1p_relu')")
+        found = (_SPLADE_STRATEGIES[strategy], _SPLADE_ACTIVATIONS[activation])
     if found is None:
         log.info("%s has no SpladePooling module: using SPLADE's max pooling of log(1 + relu(logits))", directory)
         return "max", "relu"
@@ -241,7 +248,7 @@ def load_task_checkpoint(directory: str | Path, task: str = "auto") -> LoadedTas
     activation_name: str | None = None
     classifier: ClassifierConfig | None = None
     sparse: SparseConfig | None = None
-    model: nn.Module
+    model: TaskModel
     if task in ("rerank", "classify"):
         if family.classifier is None or family.read_classifier is None:
             raise CheckpointError(f"{config_path}: no sequence-classification head implemented for the "
@@ -251,10 +258,11 @@ def load_task_checkpoint(directory: str | Path, task: str = "auto") -> LoadedTas
             raise CheckpointError(f"{config_path}: a rerank (cross-encoder) model has one label, this one has "
                                   f"{len(labels)} ({', '.join(labels)}); export it as classify")
         classifier = family.read_classifier(raw, config_path, len(labels))
-        head: nn.Module = ClassificationHead(classifier)
-        head.load_state_dict(take_head_weights(state, head, family.classifier, mapped, weights_file, False))
+        classification_head = ClassificationHead(classifier)
+        classification_head.load_state_dict(
+            take_head_weights(state, classification_head, family.classifier, mapped, weights_file, False))
         activation_name = score_activation(directory, raw, len(labels))
-        model = SequenceClassifier(encoder, head)  # type: ignore[arg-type]
+        model = SequenceClassifier(encoder, classification_head)
     else:
         if family.masked_lm is None or family.read_masked_lm is None:
             raise CheckpointError(f"{config_path}: no masked-language-model (SPLADE) head implemented for the "
@@ -262,12 +270,12 @@ def load_task_checkpoint(directory: str | Path, task: str = "auto") -> LoadedTas
         strategy, splade_activation = _splade_settings(directory)
         base = family.read_masked_lm(raw, config_path)
         sparse = SparseConfig(hidden_size=base.hidden_size, vocab_size=base.vocab_size, activation=base.activation,
-                              norm_eps=base.norm_eps, pooling_strategy=strategy,  # type: ignore[arg-type]
-                              splade_activation=splade_activation)  # type: ignore[arg-type]
+                              norm_eps=base.norm_eps, pooling_strategy=strategy,
+                              splade_activation=splade_activation)
         head = MaskedLMHead(sparse)
         tied = raw.get("tie_word_embeddings", True) is not False
         head.load_state_dict(take_head_weights(state, head, family.masked_lm, mapped, weights_file, tied))
-        model = SpladeEncoder(encoder, head)  # type: ignore[arg-type]
+        model = SpladeEncoder(encoder, head)
     model.eval()
     return LoadedTaskCheckpoint(
         task=task, model=model, encoder=encoder, config=config, family=family, model_name=directory.name,

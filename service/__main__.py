@@ -15,6 +15,7 @@ import sys
 from types import FrameType
 
 import uvicorn
+from fastapi import FastAPI
 
 from service.app import begin_drain, create_app
 from service.errors import ServiceError
@@ -36,7 +37,7 @@ class _DrainingServer(uvicorn.Server):
     the delay shuts down at once.
     """
 
-    def __init__(self, config: uvicorn.Config, app: object, drain_delay_s: float) -> None:
+    def __init__(self, config: uvicorn.Config, app: FastAPI, drain_delay_s: float) -> None:
         super().__init__(config)
         self._app = app
         self._drain_delay_s = drain_delay_s
@@ -48,7 +49,7 @@ class _DrainingServer(uvicorn.Server):
         await super().serve(sockets)
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        begin_drain(self._app)  # type: ignore[arg-type]
+        begin_drain(self._app)
         if self._drain_delay_s > 0 and not self._delaying and self._loop is not None:
             self._delaying = True  # runs in the signal handler: hand the timer to the loop thread-safely
             self._loop.call_soon_threadsafe(

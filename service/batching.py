@@ -34,7 +34,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Generic, Protocol, TypeVar
 
 import numpy as np
 
@@ -42,15 +42,22 @@ from service.errors import InferenceError, QueueFullError, QueueTimeoutError, Se
 
 logger = logging.getLogger(__name__)
 
+PreparedT = TypeVar("PreparedT")  # a runner's padded batch: made by its `prepare`, consumed by its `execute`
+ResultT = TypeVar("ResultT")  # a runner's per-row result (`service.runner.RowResult`)
 
-class BatchRunner(Protocol):
-    """The synchronous model runner (onnxruntime in `service/runner.py`; a fake in tests)."""
 
-    def prepare(self, graph: str, rows: Sequence[np.ndarray]) -> Any:
+class BatchRunner(Protocol[PreparedT, ResultT]):
+    """The synchronous model runner (onnxruntime in `service/runner.py`; a fake in tests).
+
+    The batcher never looks inside `PreparedT`: it only hands what `prepare` returned to `execute`, and each
+    `ResultT` to the item it belongs to.
+    """
+
+    def prepare(self, graph: str, rows: Sequence[np.ndarray]) -> PreparedT:
         """Pad rows (1-D int64 token ids, special tokens included) into feeds. Runs in a worker thread."""
         ...
 
-    def execute(self, prepared: Any) -> list[Any]:
+    def execute(self, prepared: PreparedT) -> list[ResultT]:
         """Run the forward pass; one result per row, in row order. Runs on the single inference thread."""
         ...
 
@@ -120,8 +127,8 @@ class BatcherConfig:
 
 
 @dataclass(frozen=True)
-class ItemOutcome:
-    result: Any | None  # the runner's row result; None when error is set
+class ItemOutcome(Generic[ResultT]):
+    result: ResultT | None  # the runner's row result; None when error is set
     error: ServiceError | None  # QueueTimeoutError | InferenceError | UnavailableError
     queue_ms: float  # enqueue -> start of its batch's compute (or -> when it was answered without compute)
     inference_ms: float  # its batch's compute time (0 when never computed)
@@ -152,7 +159,7 @@ class Admission:
     """
 
     n_items: int
-    _batcher: Batcher = field(repr=False)
+    _batcher: Batcher[Any, Any] = field(repr=False)  # any batcher: the admission only counts its slots
     _held: int = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -188,18 +195,18 @@ class _State(enum.Enum):
 
 
 @dataclass(eq=False)
-class _Request:
-    outcomes: list[ItemOutcome | None]
+class _Request(Generic[ResultT]):
+    outcomes: list[ItemOutcome[ResultT] | None]
     remaining: int
     done: asyncio.Future[None]
-    items: list[_Item] = field(default_factory=list)
+    items: list[_Item[ResultT]] = field(default_factory=list)
     timer: asyncio.TimerHandle | None = None
 
 
 @dataclass(eq=False)
-class _Item:
+class _Item(Generic[ResultT]):
     seq: int  # global arrival order; the oldest pending item anchors the next batch
-    request: _Request
+    request: _Request[ResultT]
     index: int
     token_ids: np.ndarray
     graph: str
@@ -212,31 +219,44 @@ class _Item:
 
 
 @dataclass(eq=False)
-class _Batch:
+class _Batch(Generic[ResultT]):
     graph: str
-    items: list[_Item]
+    items: list[_Item[ResultT]]
 
 
 @dataclass
-class _Computed:
-    results: list[Any]
+class _Computed(Generic[ResultT]):
+    results: list[ResultT | None]  # None where failed
     failed: list[bool]
     execute_s: float
 
 
-_PREPARE_FAILED = object()  # sentinel: batch prepare raised; compute goes straight to row-by-row isolation
+class _PrepareFailed(enum.Enum):
+    PREPARE_FAILED = "prepare failed"
 
 
-class Batcher:
-    """Length-aware dynamic batcher over a synchronous `BatchRunner`. See the module docstring."""
+# sentinel: batch prepare raised; compute goes straight to row-by-row isolation
+_PREPARE_FAILED = _PrepareFailed.PREPARE_FAILED
 
-    def __init__(self, runner: BatchRunner, config: BatcherConfig, observer: BatchObserver | None = None):
+
+class Batcher(Generic[PreparedT, ResultT]):
+    """Length-aware dynamic batcher over a synchronous `BatchRunner`. See the module docstring.
+
+    Callers that do not care how the runner pads a batch spell it `Batcher[Any, RowResult]`.
+    """
+
+    def __init__(
+        self,
+        runner: BatchRunner[PreparedT, ResultT],
+        config: BatcherConfig,
+        observer: BatchObserver | None = None,
+    ) -> None:
         self._runner = runner
         self._cfg = config
         self._observer = observer
-        self._pending: dict[int, _Item] = {}  # insertion order == arrival order
+        self._pending: dict[int, _Item[ResultT]] = {}  # insertion order == arrival order
         self._pending_tokens = 0
-        self._live: set[_Request] = set()  # submitted and not fully settled
+        self._live: set[_Request[ResultT]] = set()  # submitted and not fully settled
         self._seq = 0
         self._reserved = 0  # queue_depth: admitted slots not yet settled
         self._unsettled = 0  # submitted items not yet settled (admissions being tokenized excluded)
@@ -335,7 +355,7 @@ class Batcher:
         self._notify("on_queue_depth", self._reserved)
         return Admission(n_items, self)
 
-    async def submit(self, admission: Admission, items: Sequence[BatchItem]) -> list[ItemOutcome]:
+    async def submit(self, admission: Admission, items: Sequence[BatchItem]) -> list[ItemOutcome[ResultT]]:
         """Queue `items` under `admission` and wait for all of them; outcomes come back in input order.
 
         If the awaiting task is cancelled (client went away), items not yet computing are dropped and their
@@ -356,7 +376,8 @@ class Batcher:
             return []
         loop = asyncio.get_running_loop()
         now = time.monotonic()
-        request = _Request(outcomes=[None] * len(items), remaining=len(items), done=loop.create_future())
+        request: _Request[ResultT] = _Request(outcomes=[None] * len(items), remaining=len(items),
+                                              done=loop.create_future())
         if self._unsettled == 0 and self._executing == 0:
             self._last_progress = now  # the watchdog counts stalls from when work appears, not idle time
         self._unsettled += len(items)
@@ -439,6 +460,7 @@ class Batcher:
         loop = asyncio.get_running_loop()
         while (batch := await self._next_batch()) is not None:
             rows = [it.token_ids for it in batch.items]
+            prepared: PreparedT | _PrepareFailed
             try:
                 prepared = await loop.run_in_executor(self._prepare_pool, self._runner.prepare, batch.graph, rows)
             except Exception:
@@ -449,7 +471,7 @@ class Batcher:
             self._batch_tasks.add(task)
             task.add_done_callback(self._on_batch_done)
 
-    async def _next_batch(self) -> _Batch | None:
+    async def _next_batch(self) -> _Batch[ResultT] | None:
         """Wait until a batch is due: a full batch's worth is pending (form it now, to prepare it while the
         current batch runs), or the anchor has waited `max_wait_ms` and the inference thread is free."""
         loop = asyncio.get_running_loop()
@@ -475,7 +497,7 @@ class Batcher:
             except TimeoutError:
                 pass
 
-    def _form_batch(self, anchor: _Item) -> _Batch:
+    def _form_batch(self, anchor: _Item[ResultT]) -> _Batch[ResultT]:
         """Grow a batch around the oldest item, each step adding the same-graph item that adds least padding.
 
         Candidates are sorted by length; from the anchor we extend left (a shorter row, padded up to the
@@ -520,7 +542,7 @@ class Batcher:
         chosen.sort(key=lambda it: it.seq)
         return _Batch(anchor.graph, chosen)
 
-    async def _run_batch(self, batch: _Batch, prepared: Any) -> None:
+    async def _run_batch(self, batch: _Batch[ResultT], prepared: PreparedT | _PrepareFailed | None) -> None:
         """Compute one batch on the inference thread and answer its items; `_on_batch_done` frees the slot."""
         live = [it for it in batch.items if it.state is _State.BATCHED]
         if not live:
@@ -571,23 +593,25 @@ class Batcher:
             )
             self._settle(it, outcome)
 
-    def _compute(self, graph: str, rows: list[np.ndarray], prepared: Any) -> _Computed:
+    def _compute(
+        self, graph: str, rows: list[np.ndarray], prepared: PreparedT | _PrepareFailed | None
+    ) -> _Computed[ResultT]:
         """Inference thread: run the batch; if it fails, re-run rows one by one so only poison rows fail."""
         t0 = time.monotonic()
         if prepared is not _PREPARE_FAILED:
             try:
                 if prepared is None:
                     prepared = self._runner.prepare(graph, rows)
-                results = list(self._runner.execute(prepared))
-                if len(results) != len(rows):
-                    raise RuntimeError(f"runner returned {len(results)} results for {len(rows)} rows")
-                return _Computed(results, [False] * len(rows), time.monotonic() - t0)
+                batch_results: list[ResultT | None] = list(self._runner.execute(prepared))
+                if len(batch_results) != len(rows):
+                    raise RuntimeError(f"runner returned {len(batch_results)} results for {len(rows)} rows")
+                return _Computed(batch_results, [False] * len(rows), time.monotonic() - t0)
             except Exception:
                 if len(rows) == 1:
                     logger.exception("inference failed for a single-row batch")
                     return _Computed([None], [True], time.monotonic() - t0)
                 logger.warning("a batch of %d rows failed; re-running rows one by one", len(rows), exc_info=True)
-        results: list[Any] = []
+        results: list[ResultT | None] = []
         failed: list[bool] = []
         for row in rows:
             try:
@@ -604,7 +628,7 @@ class Batcher:
 
     # ---- settling items
 
-    def _settle(self, item: _Item, outcome: ItemOutcome | None) -> None:
+    def _settle(self, item: _Item[ResultT], outcome: ItemOutcome[ResultT] | None) -> None:
         """Answer one item (None: dropped, nobody listens) and free its slot; idempotent."""
         if item.state is _State.DONE:
             return
@@ -629,7 +653,7 @@ class Batcher:
             self._idle.set()
         self._notify("on_queue_depth", self._reserved)
 
-    def _answer_all(self, request: _Request, error: ServiceError, states: tuple[_State, ...] = ()) -> int:
+    def _answer_all(self, request: _Request[ResultT], error: ServiceError, states: tuple[_State, ...] = ()) -> int:
         """Answer the request's items that are in `states` (all unsettled ones when empty) with `error`."""
         now = time.monotonic()
         targets = [it for it in request.items if it.state is not _State.DONE and (not states or it.state in states)]
@@ -637,7 +661,7 @@ class Batcher:
             self._settle(it, ItemOutcome(None, error, (now - it.enqueued_at) * 1000, 0.0, 0, 0))
         return len(targets)
 
-    def _expire(self, request: _Request) -> None:
+    def _expire(self, request: _Request[ResultT]) -> None:
         """Timer callback at the queue deadline: items not yet computing are answered, never computed."""
         request.timer = None
         error = QueueTimeoutError("the request waited too long in the queue", retry_after_s=self._retry_after_s())
@@ -645,7 +669,7 @@ class Batcher:
         if n:
             self._notify("on_timed_out", n)
 
-    def _abandon(self, request: _Request) -> None:
+    def _abandon(self, request: _Request[ResultT]) -> None:
         """The submitter was cancelled: drop its items that have not started; running ones finish unheard."""
         if request.timer is not None:
             request.timer.cancel()
@@ -691,7 +715,7 @@ class Batcher:
             for request in list(self._live):  # the failed batch's own items
                 self._answer_all(request, InferenceError(), (_State.STARTED,))
 
-    def _record_batch(self, graph: str, rows: int, padded: int, real: int, computed: _Computed) -> None:
+    def _record_batch(self, graph: str, rows: int, padded: int, real: int, computed: _Computed[ResultT]) -> None:
         if computed.execute_s > 0:
             rate = rows / computed.execute_s
             self._items_per_s = rate if self._items_per_s == 0 else 0.8 * self._items_per_s + 0.2 * rate

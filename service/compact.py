@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Sequence
-from typing import Final
+from typing import Any, Final
 
 import numpy as np
 
@@ -109,7 +109,7 @@ def quantize_scalar(embeddings: np.ndarray, ranges: Ranges | np.ndarray, *, sign
     starts = arr[0]
     steps = (arr[1] - starts) / _BUCKETS
     steps = np.where(steps == 0, 1, steps)  # a constant dimension maps to bucket 0, not to a division by zero
-    q_vals = np.clip(np.floor((emb - starts) / steps), 0, _BUCKETS)  # (N, D) in [0, 255]: clip, never wrap
+    q_vals: np.ndarray = np.clip(np.floor((emb - starts) / steps), 0, _BUCKETS)  # (N, D) in [0, 255]: never wraps
     if signed:
         return (q_vals - 128).astype(np.int8)
     return q_vals.astype(np.uint8)
@@ -130,7 +130,9 @@ def to_base64(embeddings: np.ndarray) -> list[str]:
     return [base64.b64encode(row.tobytes()).decode("ascii") for row in emb]
 
 
-def convert(embeddings: np.ndarray, types: Sequence[str], ranges: Ranges | np.ndarray | None = None) -> dict[str, list]:
+def convert(
+    embeddings: np.ndarray, types: Sequence[str], ranges: Ranges | np.ndarray | None = None
+) -> dict[str, list[Any]]:
     """The `embeddings` object of a Cohere v2 embed reply: one JSON-ready list per requested type, in request order.
 
     `embeddings` is (N, D) float32 (already truncated to `output_dimension` and normalized as the route wants);
@@ -138,7 +140,7 @@ def convert(embeddings: np.ndarray, types: Sequence[str], ranges: Ranges | np.nd
     """
     wanted = parse_types(types, has_ranges=ranges is not None)
     emb = _as_matrix(embeddings)
-    out: dict[str, list] = {}
+    out: dict[str, list[Any]] = {}
     for kind in wanted:
         if kind == "float":
             out[kind] = emb.tolist()

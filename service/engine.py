@@ -16,7 +16,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from typing import Literal, cast
+from typing import Any, Literal, cast
 
 import numpy as np
 
@@ -119,7 +119,7 @@ class Engine:
         self,
         manifest: Manifest,
         tokenizer: TextTokenizer,
-        batcher: Batcher,
+        batcher: Batcher[Any, RowResult],  # whatever the runner pads batches into, its rows are RowResults
         settings: Settings,
         metrics: ModelMetrics,
         graphs: frozenset[str],
@@ -203,10 +203,10 @@ class Engine:
             graph = ATTENTION if options.attention else TOKENS if options.token_embeddings else EMBED
             items = [BatchItem(e.ids, graph, e.prompt_length) for e in encoded]
             outcomes = await self.batcher.submit(admission, items)
-        queue_ms, inference_ms = self._raise_on_failure(outcomes)
+        rows, queue_ms, inference_ms = self._rows_or_raise(outcomes)
         self.metrics.observe_stage("queue", queue_ms / 1000)
         self.metrics.observe_stage("inference", inference_ms / 1000)
-        results = [self._finish(e, o.result, options) for e, o in zip(encoded, outcomes, strict=True)]
+        results = [self._finish(e, row, options) for e, row in zip(encoded, rows, strict=True)]
         total_s = time.perf_counter() - started
         self.metrics.observe_stage("total", total_s)
         return EncodeResult(
@@ -262,10 +262,9 @@ class Engine:
             self._check_tokens(encoded, EncodeOptions())
             items = [BatchItem(e.ids, graph, e.prompt_length, e.type_ids) for e in encoded]
             outcomes = await self.batcher.submit(admission, items)
-        queue_ms, inference_ms = self._raise_on_failure(outcomes)
+        rows, queue_ms, inference_ms = self._rows_or_raise(outcomes)
         self.metrics.observe_stage("queue", queue_ms / 1000)
         self.metrics.observe_stage("inference", inference_ms / 1000)
-        rows = [cast(RowResult, o.result) for o in outcomes]
         for row, e in zip(rows, encoded, strict=True):
             if not np.isfinite(row.first_output()).all():
                 logger.error("non-finite %s output for an input of %d tokens", graph, e.token_count)
@@ -368,15 +367,23 @@ class Engine:
     # --- results --------------------------------------------------------------------------------------------
 
     @staticmethod
-    def _raise_on_failure(outcomes: list[ItemOutcome]) -> tuple[float, float]:
+    def _rows_or_raise(outcomes: list[ItemOutcome[RowResult]]) -> tuple[list[RowResult], float, float]:
+        """Every item's row, or the first item's error; with the slowest item's queue and inference times."""
+        rows: list[RowResult] = []
         for outcome in outcomes:
             if outcome.error is not None:
                 raise outcome.error
+            if outcome.result is None:  # the batcher sets exactly one of the two; never reached
+                raise InferenceError()
+            rows.append(outcome.result)
         queue_ms = max((o.queue_ms for o in outcomes), default=0.0)
         inference_ms = max((o.inference_ms for o in outcomes), default=0.0)
-        return queue_ms, inference_ms
+        return rows, queue_ms, inference_ms
 
     def _finish(self, encoded: Encoded, row: RowResult, options: EncodeOptions) -> ItemResult:
+        if row.embedding is None:  # the embed/tokens/attention graphs always pool; never reached
+            logger.error("no sentence embedding for an input of %d tokens", encoded.token_count)
+            raise InferenceError()
         vector = row.embedding
         if options.dimensions is not None:
             vector = vector[: options.dimensions]  # Matryoshka: cut first, then re-normalise
@@ -390,7 +397,9 @@ class Engine:
         if tokens is not None and not np.isfinite(tokens).all():
             logger.error("non-finite token embeddings for an input of %d tokens", encoded.token_count)
             raise InferenceError()
-        attention, layers, heads = None, (), ()
+        attention: np.ndarray | None = None
+        layers: tuple[int, ...] = ()
+        heads: tuple[int, ...] = ()
         spec = options.attention
         if spec is not None and row.attentions is not None:
             layers = spec.layers if spec.layers is not None else tuple(range(row.attentions.shape[0]))

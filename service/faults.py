@@ -17,11 +17,11 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Generic
 
 import numpy as np
 
-from service.batching import BatchRunner
+from service.batching import BatchRunner, PreparedT, ResultT
 from service.tokenizer import TextTokenizer, TruncationPolicy
 
 logger = logging.getLogger(__name__)
@@ -34,8 +34,8 @@ class InjectedFault(RuntimeError):
 
 
 @dataclass(frozen=True)
-class _Marked:
-    inner: Any
+class _Marked(Generic[PreparedT]):
+    inner: PreparedT
     faults: frozenset[str]
 
 
@@ -47,10 +47,10 @@ def _contains(row: np.ndarray, pattern: np.ndarray) -> bool:
     return bool((windows == pattern).all(axis=1).any())
 
 
-class FaultInjectingRunner:
+class FaultInjectingRunner(Generic[PreparedT, ResultT]):
     """A `BatchRunner` that delegates to the real one, failing or stalling on marker rows."""
 
-    def __init__(self, inner: BatchRunner, tokenizer: TextTokenizer, duration_s: float) -> None:
+    def __init__(self, inner: BatchRunner[PreparedT, ResultT], tokenizer: TextTokenizer, duration_s: float) -> None:
         self._inner = inner
         self._duration_s = duration_s
         self._broken_until = 0.0
@@ -60,12 +60,12 @@ class FaultInjectingRunner:
         }
         logger.warning("fault injection is ON (EMBED_FAULT_INJECTION): marker inputs make inference fail or hang")
 
-    def prepare(self, graph: str, rows: Sequence[Any]) -> _Marked:
+    def prepare(self, graph: str, rows: Sequence[np.ndarray]) -> _Marked[PreparedT]:
         ids = [np.asarray(getattr(r, "token_ids", r)) for r in rows]
         found = frozenset(kind for kind, pat in self._patterns.items() if any(_contains(r, pat) for r in ids))
         return _Marked(self._inner.prepare(graph, rows), found)
 
-    def execute(self, prepared: _Marked) -> list[Any]:
+    def execute(self, prepared: _Marked[PreparedT]) -> list[ResultT]:
         if "break" in prepared.faults:
             self._broken_until = time.monotonic() + self._duration_s
         if time.monotonic() < self._broken_until:

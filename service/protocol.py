@@ -100,10 +100,12 @@ def header_deadline_protocol(header_timeout_s: float, door: Door | None = None,
     if base is None:
         base = importlib.import_module(HTTPTOOLS_IMPL).HttpToolsProtocol
 
+    # `base` is picked at run time (uvicorn's class, or a test's stand-in) and mypy cannot subclass a variable:
+    # the class is checked as a subclass of Any.
     class HeaderDeadlineProtocol(base):  # type: ignore[valid-type,misc]
         _header_timer: asyncio.TimerHandle | None = None
 
-        def _start_asgi_task(self, cycle: RequestResponseCycle, app: ASGIApp) -> None:  # type: ignore[override]
+        def _start_asgi_task(self, cycle: RequestResponseCycle, app: ASGIApp) -> None:
             """Called when a request may start (at once, or when a pipelined one's turn comes)."""
             scope = cycle.scope
             if door is None or not door.guards(scope["method"], scope["path"]):
@@ -123,7 +125,7 @@ def header_deadline_protocol(header_timeout_s: float, door: Door | None = None,
             else:
                 self.transport.close()
 
-        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        def connection_made(self, transport: asyncio.Transport) -> None:
             super().connection_made(transport)
             self._arm()
 

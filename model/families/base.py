@@ -10,9 +10,9 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
-from model.config import EncoderConfig
+from model.config import Activation, EncoderConfig, PoolingMode
 from model.heads import ClassifierConfig, HeadRecipe, SparseConfig
 
 
@@ -33,23 +33,33 @@ def refuse_unless(raw: dict[str, Any], key: str, allowed: tuple[Any, ...], path:
         raise CheckpointError(f"{path}: unsupported {key}={value!r} (supported: {', '.join(map(repr, allowed))})")
 
 
+class Sizes(TypedDict):
+    """The five sizes, as EncoderConfig's keyword arguments (``EncoderConfig(**sizes(...), ...)``)."""
+
+    vocab_size: int
+    hidden_size: int
+    num_layers: int
+    num_heads: int
+    intermediate_size: int
+
+
 def sizes(raw: dict[str, Any], path: Path, *, hidden: str = "hidden_size", layers: str = "num_hidden_layers",
-          heads: str = "num_attention_heads", intermediate: str = "intermediate_size") -> dict[str, int]:
+          heads: str = "num_attention_heads", intermediate: str = "intermediate_size") -> Sizes:
     """The five sizes every family states, under its own key names."""
-    keys = {"vocab_size": "vocab_size", "hidden_size": hidden, "num_layers": layers, "num_heads": heads,
-            "intermediate_size": intermediate}
     try:
-        return {ours: int(require(raw, theirs, path)) for ours, theirs in keys.items()}
+        return Sizes(vocab_size=int(require(raw, "vocab_size", path)), hidden_size=int(require(raw, hidden, path)),
+                     num_layers=int(require(raw, layers, path)), num_heads=int(require(raw, heads, path)),
+                     intermediate_size=int(require(raw, intermediate, path)))
     except (TypeError, ValueError) as exc:
         raise CheckpointError(f"{path}: {exc}") from exc
 
 
 # Hugging Face activation names -> ours.
-ACTIVATIONS = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "relu": "relu",
-               "silu": "silu", "swish": "silu"}
+ACTIVATIONS: dict[str, Activation] = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh",
+                                      "relu": "relu", "silu": "silu", "swish": "silu"}
 
 
-def activation(raw: dict[str, Any], key: str, path: Path, default: str = "gelu") -> str:
+def activation(raw: dict[str, Any], key: str, path: Path, default: str = "gelu") -> Activation:
     name = raw.get(key) or default
     if name not in ACTIVATIONS:
         raise CheckpointError(f"{path}: unsupported {key}={name!r} (supported: {', '.join(ACTIVATIONS)})")
@@ -88,7 +98,7 @@ class Family:
     ignored: str = r"^$"
     optimizer_model_type: str | None = None
     padding_side: str = "right"
-    default_pooling: str = "mean"
+    default_pooling: PoolingMode = "mean"
     classifier: HeadRecipe | None = None
     read_classifier: Callable[[dict[str, Any], Path, int], ClassifierConfig] | None = None
     masked_lm: HeadRecipe | None = None

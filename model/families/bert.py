@@ -41,7 +41,7 @@ def _read(raw: dict[str, Any], path: Path, *, roberta: bool) -> EncoderConfig:
             max_position_embeddings=int(raw.get("max_position_embeddings", 512)),
             type_vocab_size=int(raw.get("type_vocab_size", 2)),
             layer_norm_eps=float(raw.get("layer_norm_eps", 1e-12)),
-            hidden_act=activation(raw, "hidden_act", path),  # type: ignore[arg-type]
+            hidden_act=activation(raw, "hidden_act", path),
             position_ids="padding_offset" if roberta else "arange",
             pad_token_id=int(raw.get("pad_token_id") or (1 if roberta else 0)),
         )
@@ -68,7 +68,7 @@ def _read_masked_lm(raw: dict[str, Any], path: Path) -> SparseConfig:
     """BertForMaskedLM's `cls.predictions`: transform (dense + hidden_act + LayerNorm), decoder + bias."""
     try:
         return SparseConfig(hidden_size=int(raw["hidden_size"]), vocab_size=int(raw["vocab_size"]),
-                            activation=activation(raw, "hidden_act", path),  # type: ignore[arg-type]
+                            activation=activation(raw, "hidden_act", path),
                             norm_eps=float(raw.get("layer_norm_eps", 1e-12)))
     except (TypeError, ValueError) as exc:
         raise CheckpointError(f"{path}: {exc}") from exc

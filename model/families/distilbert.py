@@ -18,7 +18,7 @@ def _read(raw: dict[str, Any], path: Path) -> EncoderConfig:
             max_position_embeddings=int(raw.get("max_position_embeddings", 512)),
             type_vocab_size=0,
             layer_norm_eps=1e-12,  # hard-coded in transformers' DistilBERT
-            hidden_act=activation(raw, "activation", path),  # type: ignore[arg-type]
+            hidden_act=activation(raw, "activation", path),
             pad_token_id=int(raw.get("pad_token_id") or 0),
         )
     except (TypeError, ValueError) as exc:
@@ -34,7 +34,7 @@ def _read_masked_lm(raw: dict[str, Any], path: Path) -> SparseConfig:
     """DistilBertForMaskedLM: vocab_transform + `activation` + vocab_layer_norm (eps 1e-12), vocab_projector."""
     try:
         return SparseConfig(hidden_size=int(raw["dim"]), vocab_size=int(raw["vocab_size"]),
-                            activation=activation(raw, "activation", path),  # type: ignore[arg-type]
+                            activation=activation(raw, "activation", path),
                             norm_eps=1e-12)
     except (TypeError, ValueError) as exc:
         raise CheckpointError(f"{path}: {exc}") from exc

@@ -47,7 +47,7 @@ def _read(raw: dict[str, Any], path: Path) -> EncoderConfig:
             max_position_embeddings=int(raw.get("max_position_embeddings", 8192)),
             type_vocab_size=0,
             layer_norm_eps=float(raw.get("norm_eps", 1e-5)),
-            hidden_act=activation(raw, "hidden_activation", path),  # type: ignore[arg-type]
+            hidden_act=activation(raw, "hidden_activation", path),
             position_embedding="rotary",
             norm_first=True,
             pad_token_id=int(raw.get("pad_token_id") or 0),
@@ -74,7 +74,7 @@ def _read_classifier(raw: dict[str, Any], path: Path, num_labels: int) -> Classi
     try:
         return ClassifierConfig(
             hidden_size=int(raw["hidden_size"]), num_labels=num_labels, pooling=pooling,
-            activation=activation(raw, "classifier_activation", path),  # type: ignore[arg-type]
+            activation=activation(raw, "classifier_activation", path),
             dense_bias=bool(raw.get("classifier_bias", False)), norm=True,
             norm_eps=float(raw.get("norm_eps", 1e-5)), norm_bias=bool(raw.get("norm_bias", False)))
     except (TypeError, ValueError) as exc:

@@ -16,7 +16,7 @@ def _read(raw: dict[str, Any], path: Path) -> EncoderConfig:
             max_position_embeddings=int(raw.get("max_position_embeddings", 514)),
             type_vocab_size=0,
             layer_norm_eps=float(raw.get("layer_norm_eps", 1e-12)),
-            hidden_act=activation(raw, "hidden_act", path),  # type: ignore[arg-type]
+            hidden_act=activation(raw, "hidden_act", path),
             position_ids="padding_offset",
             pad_token_id=int(raw.get("pad_token_id") or 1),
             relative_attention_buckets=int(raw.get("relative_attention_num_buckets", 32)),

@@ -25,7 +25,7 @@ def _read(raw: dict[str, Any], path: Path) -> EncoderConfig:
             max_position_embeddings=int(raw.get("max_position_embeddings", 32768)),
             type_vocab_size=0,
             layer_norm_eps=float(raw.get("rms_norm_eps", 1e-6)),
-            hidden_act=activation(raw, "hidden_act", path, default="silu"),  # type: ignore[arg-type]
+            hidden_act=activation(raw, "hidden_act", path, default="silu"),
             position_embedding="rotary",
             norm_first=True,
             pad_token_id=int(raw.get("pad_token_id") or 0),

@@ -43,11 +43,12 @@ class AppContext:
 
 
 async def get_context(request: Request) -> AppContext:
-    return request.app.state.context
+    context: AppContext = request.app.state.context  # set in create_app, before the app serves
+    return context
 
 
 async def get_models(request: Request) -> ModelRegistry:
-    return request.app.state.context.models
+    return (await get_context(request)).models
 
 
 async def require_api_key(request: Request) -> None:

@@ -14,6 +14,7 @@ input in `input`.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 import orjson
@@ -204,7 +205,7 @@ def param_from_loc(loc: tuple[Any, ...]) -> str | None:
 _TYPE_TAGS = frozenset({"str", "int", "float", "bool", "list", "dict", "none", "literal", "tuple"})
 
 
-def _specificity(error: dict[str, Any]) -> tuple[int, tuple[int, ...], int]:
+def _specificity(error: Mapping[str, Any]) -> tuple[int, tuple[int, ...], int]:
     """Deepest index first, then the highest index (the union branch that got furthest into a list), then the
     longest location."""
     loc = tuple(error.get("loc", ()))
@@ -212,7 +213,7 @@ def _specificity(error: dict[str, Any]) -> tuple[int, tuple[int, ...], int]:
     return len(indexes), indexes, len(loc)
 
 
-def validation_error_from(errors: list[dict[str, Any]]) -> InvalidRequestError:
+def validation_error_from(errors: Sequence[Mapping[str, Any]]) -> InvalidRequestError:
     """Pick the most specific pydantic error (deepest location) and describe it without the input value."""
     if not errors:
         return InvalidRequestError("request is invalid")

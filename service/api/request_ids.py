@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import re
 import uuid
-
-from starlette.types import Scope
+from collections.abc import Mapping
+from typing import Any
 
 _SANE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 
 
-def request_id(scope: Scope) -> str:
+def request_id(scope: Mapping[str, Any]) -> str:
+    """From an ASGI scope (starlette's or uvicorn's typed one)."""
     for name, value in scope.get("headers", []):
         if name == b"x-request-id":
-            candidate = value.decode("latin-1")
+            candidate: str = value.decode("latin-1")
             if _SANE_REQUEST_ID.match(candidate):
                 return candidate
             break

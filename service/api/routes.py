@@ -31,7 +31,7 @@ from service.api.schemas import (
     TEISimilarityRequest,
     TEITokenizeRequest,
 )
-from service.engine import TOKENIZE_WORKERS, AttentionSpec, EncodeOptions, EncodeResult, Input
+from service.engine import TOKENIZE_WORKERS, AttentionSpec, EncodeOptions, EncodeResult, Input, RowsResult
 from service.errors import UnavailableError, WrongTaskError
 from service.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from service.registry import ModelHandle, ModelRegistry
@@ -115,7 +115,7 @@ def model_for(models: ModelRegistry, name: str | None, *tasks: str) -> ModelHand
     return handle
 
 
-def timing_headers(result: EncodeResult) -> dict[str, str]:
+def timing_headers(result: EncodeResult | RowsResult) -> dict[str, str]:
     t = result.timings
     headers = {
         "x-tokenization-time": f"{t.tokenize_ms:.3f}",
@@ -135,7 +135,7 @@ def b64(array: np.ndarray, dtype: str = "<f4") -> str:
     return base64.b64encode(np.ascontiguousarray(array, dtype=dtype).tobytes()).decode("ascii")
 
 
-def as_list(value: str | list[T]) -> list[str] | list[T]:
+def as_list(value: str | list[str]) -> list[str]:
     return [value] if isinstance(value, str) else value
 
 
@@ -238,8 +238,8 @@ async def tei_tokenize(request: Request, context: ContextDep, models: ModelsDep)
 async def tei_decode(request: Request, context: ContextDep, models: ModelsDep) -> Response:
     body = await parse(request, context, TEIDecodeRequest)
     engine = models.get(body.model).engine
-    ids = body.ids
-    ids_lists: list[list[int]] = [ids] if not ids or isinstance(ids[0], int) else ids  # type: ignore[list-item]
+    flat = [i for i in body.ids if isinstance(i, int)]  # one id list, or a batch of them (never mixed: pydantic)
+    ids_lists = [flat] if len(flat) == len(body.ids) else [ids for ids in body.ids if isinstance(ids, list)]
     texts = await engine.decode(ids_lists, skip_special_tokens=body.skip_special_tokens)
     return JSONBody(texts)
 

@@ -22,9 +22,10 @@ class _Strict(BaseModel):
     model_config = ConfigDict(strict=True, extra="forbid")
 
 
-def truncation_policy(truncate: bool | None, direction: str, auto_truncate: bool) -> TruncationPolicy:
+def truncation_policy(truncate: bool | None, direction: Direction, auto_truncate: bool) -> TruncationPolicy:
     """A request's `truncate` wins; null or absent falls back to the server's EMBED_AUTO_TRUNCATE."""
-    return TruncationPolicy(auto_truncate if truncate is None else truncate, direction.lower())  # type: ignore[arg-type]
+    return TruncationPolicy(auto_truncate if truncate is None else truncate,
+                            "left" if direction.lower() == "left" else "right")
 
 
 class OpenAIEmbeddingsRequest(_Strict):

@@ -16,8 +16,9 @@ inside the app; a request the protocol already let in is not counted twice.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from http import HTTPStatus
+from typing import Any
 
 import orjson
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -62,7 +63,7 @@ class Door:
             return exc
         return None
 
-    def raw_reply(self, exc: OverloadError, scope: Scope, *, keep_alive: bool,
+    def raw_reply(self, exc: OverloadError, scope: Mapping[str, Any], *, keep_alive: bool,
                   default_headers: list[tuple[bytes, bytes]]) -> bytes:
         """The whole HTTP/1.1 response for a refusal at the protocol level, in the one error shape, counted in
         /metrics as the app would count it."""

@@ -27,19 +27,28 @@ from service.api.schemas import (
     TEIRerankRequest,
 )
 from service.engine import NO_PROMPT, EncodeOptions
-from service.errors import InvalidRequestError
+from service.errors import InferenceError, InvalidRequestError
 from service.tokenizer import TruncationPolicy
 
 COHERE_API_VERSION = "2"
 
 
 def sigmoid(x: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-x))
+    out: np.ndarray = 1.0 / (1.0 + np.exp(-x))
+    return out
 
 
 def softmax(x: np.ndarray) -> np.ndarray:
     shifted = np.exp(x - x.max())
-    return shifted / shifted.sum()
+    out: np.ndarray = shifted / shifted.sum()
+    return out
+
+
+def _output(value: np.ndarray | None) -> np.ndarray:
+    """A head's output on its row result; a score or sparse graph always fills it, so None is a runner bug."""
+    if value is None:
+        raise InferenceError()
+    return value
 
 
 def tei_scores(logits: np.ndarray, raw: bool) -> np.ndarray:
@@ -64,7 +73,7 @@ async def tei_rerank(request: Request, context: ContextDep, models: ModelsDep) -
     _check_query(body.query)
     pairs = [(body.query, text) for text in body.texts]
     result = await until_disconnect(request, engine.score_pairs(pairs, body.policy(context.settings.auto_truncate)))
-    scores = [float(tei_scores(row.logits, body.raw_scores)[0]) for row in result.rows]  # type: ignore[arg-type]
+    scores = [float(tei_scores(_output(row.logits), body.raw_scores)[0]) for row in result.rows]
     order = sorted(range(len(scores)), key=lambda i: -scores[i])
     ranks = []
     for i in order:
@@ -79,11 +88,12 @@ def _predict_batch(inputs: str | list[str] | list[list[str]]) -> tuple[list[list
     """TEI's PredictInput: a text, a pair [a, b] (one input), or a batch of [a] / [a, b]; True when a batch."""
     if isinstance(inputs, str):
         return [[inputs]], False
-    if inputs and all(isinstance(x, str) for x in inputs):
+    texts = [x for x in inputs if isinstance(x, str)]
+    if inputs and len(texts) == len(inputs):
         if len(inputs) != 2:
             raise InvalidRequestError("inputs as a flat list must be one pair [text, text_pair]", param="inputs")
-        return [list(inputs)], False  # type: ignore[arg-type]
-    batch = [list(x) for x in inputs]  # type: ignore[arg-type]
+        return [texts], False
+    batch = [list(x) for x in inputs]
     for i, item in enumerate(batch):
         if len(item) not in (1, 2) or not all(isinstance(t, str) for t in item):
             raise InvalidRequestError(f"inputs[{i}] must be [text] or [text, text_pair]", param=f"inputs[{i}]")
@@ -108,7 +118,7 @@ async def tei_predict(request: Request, context: ContextDep, models: ModelsDep) 
     labels = handle.manifest.labels
     predictions = []
     for row in result.rows:
-        scores = tei_scores(row.logits, body.raw_scores)  # type: ignore[arg-type]
+        scores = tei_scores(_output(row.logits), body.raw_scores)
         order = np.argsort(-scores, kind="stable")
         predictions.append([{"score": float(scores[j]), "label": labels[j]} for j in order])
     return JSONBody(predictions if is_batch else predictions[0], headers=timing_headers(result))
@@ -122,9 +132,9 @@ async def tei_embed_sparse(request: Request, context: ContextDep, models: Models
     result = await until_disconnect(request, work)
     out = []
     for row in result.rows:
-        values, indices = row.sparse_values, row.sparse_indices
-        keep = values > 0  # type: ignore[operator]
-        kept_indices, kept_values = indices[keep], values[keep]  # type: ignore[index]
+        values, indices = _output(row.sparse_values), _output(row.sparse_indices)
+        keep = values > 0
+        kept_indices, kept_values = indices[keep], values[keep]
         order = np.argsort(kept_indices)  # TEI lists a sparse vector by vocabulary id
         out.append([{"index": int(i), "value": float(v)}
                     for i, v in zip(kept_indices[order], kept_values[order], strict=True)])
@@ -142,7 +152,7 @@ async def _cohere_rerank(request: Request, context: ContextDep, models: ModelsDe
     policy = TruncationPolicy(truncate=True)
     result = await until_disconnect(request, handle.engine.score_pairs([(body.query, t) for t in texts], policy,
                                                                         param="documents"))
-    scores = [float(sigmoid(row.logits)[0]) for row in result.rows]  # type: ignore[arg-type]
+    scores = [float(sigmoid(_output(row.logits))[0]) for row in result.rows]
     order = sorted(range(len(scores)), key=lambda i: -scores[i])[: body.top_n or len(scores)]
     return_documents = body.return_documents if body.return_documents is not None else jina
     results = []
