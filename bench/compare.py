@@ -204,10 +204,17 @@ def measure_round(order: list[str], servers: dict[str, Callable[[], AbstractCont
 
 
 def _median_tree(values: list[Any]) -> Any:
-    """Element-wise median of same-shaped JSON-like values (numbers; dicts recursed; anything else: the first)."""
+    """Element-wise median of JSON-like values, one per round (numbers; dicts recursed; anything else: the first).
+
+    A dict's keys are the union over every round, in first-seen order, so that a key seen only in later rounds (a
+    status code such as 429 that round 1 never met) is not dropped; a key missing from some rounds gets the median
+    over the rounds that have it, not a median padded with zeros.
+    """
     first = values[0]
     if isinstance(first, dict):
-        return {k: _median_tree([v[k] for v in values if isinstance(v, dict) and k in v]) for k in first}
+        dicts = [v for v in values if isinstance(v, dict)]
+        keys = dict.fromkeys(k for d in dicts for k in d)
+        return {k: _median_tree([d[k] for d in dicts if k in d]) for k in keys}
     if isinstance(first, int | float) and not isinstance(first, bool):
         median = statistics.median(v for v in values if isinstance(v, int | float))
         return int(median) if isinstance(first, int) and float(median).is_integer() else float(median)
@@ -264,7 +271,7 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown systems {unknown}; choose from {SYSTEMS}")
 
-    from tests.tiny_checkpoint import minilm_dir
+    from export.models import minilm_dir
 
     started = time.monotonic()
     manifest = json.loads((ARTIFACT / "manifest.json").read_text())

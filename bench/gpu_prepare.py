@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ort-gpu-version", default="1.31.1")
     args = parser.parse_args(argv)
 
-    from tests.tiny_checkpoint import minilm_dir
+    from export.models import minilm_dir
 
     shutil.rmtree(GPU_DIR, ignore_errors=True)
     fp16_checkpoint(minilm_dir(), GPU_DIR / "minilm-fp16")

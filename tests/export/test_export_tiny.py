@@ -10,10 +10,10 @@ import numpy as np
 import onnx
 import pytest
 
+from bench.parity_corpus import parity_sentences
 from export.manifest import sha256_file
 from export.pipeline import ExportOptions, run_export
 from tests.export.onnx_helpers import padded_batch, run, session, torch_outputs
-from tests.parity_corpus import parity_sentences
 
 # (rows, sentences seed): batch shapes unlike the export's 3 x 11 dummy, including a single row.
 SHAPES = [(1, 11), (2, 12), (9, 13), (16, 14)]

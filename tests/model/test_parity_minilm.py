@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.parity_corpus import parity_sentences
+from bench.parity_corpus import parity_sentences
 
 pytestmark = pytest.mark.real_model
 log = logging.getLogger(__name__)

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.parity_corpus import parity_sentences
+from bench.parity_corpus import parity_sentences
 from tests.tiny_checkpoint import make_tiny_checkpoint
 
 SHAPE = {"hidden_size": 64, "num_hidden_layers": 3, "num_attention_heads": 8, "intermediate_size": 128}

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from export.models import minilm_dir
 from service.errors import InvalidRequestError
 from service.tokenizer import TextTokenizer, TruncationPolicy
-from tests.tiny_checkpoint import minilm_dir
 
 MAX_LEN = 10
 MAX_CHARS = 200

@@ -1,4 +1,5 @@
-"""A deterministic, deliberately awkward corpus for parity tests: unlike the export's validation sentences."""
+"""A deterministic, deliberately awkward corpus for parity checks (tests/ and bench/mpnet_parity.py): unlike the
+export's validation sentences."""
 
 from __future__ import annotations
 
