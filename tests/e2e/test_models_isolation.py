@@ -21,6 +21,7 @@ import pytest
 
 from service.faults import FAULT_MARKERS
 from tests.e2e.conftest import ServerProcess
+from tests.e2e.test_faults import wait_for
 
 FAULT_DURATION_S = 4.0
 
@@ -38,15 +39,6 @@ def _embed(url: str, model: str, text: str, timeout: float = 10) -> httpx.Respon
     return httpx.post(f"{url}/v1/embeddings", json={"model": model, "input": text}, timeout=timeout)
 
 
-def _wait(predicate: Callable[[], bool], timeout_s: float) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
-
-
 def test_a_poison_input_fails_only_on_its_model(two: ServerProcess) -> None:
     assert _embed(two.base_url, "left", f"x {FAULT_MARKERS['raise']}").status_code == 500
     assert _embed(two.base_url, "right", "fine").status_code == 200
@@ -59,7 +51,7 @@ def test_a_hung_model_leaves_the_other_serving_and_the_process_live(two: ServerP
     hang = threading.Thread(target=lambda: replies.update(hung=_embed(url, "left", f"stall {FAULT_MARKERS['hang']}")))
     hang.start()
     try:
-        assert _wait(lambda: httpx.get(f"{url}/health", timeout=2).json()["models"]["left"]["status"] != "ok", 5)
+        assert wait_for(lambda: httpx.get(f"{url}/health", timeout=2).json()["models"]["left"]["status"] != "ok", 5)
         health = httpx.get(f"{url}/health", timeout=2)
         assert health.status_code == 200, health.text  # live: "right" still serves
         body = health.json()
@@ -76,7 +68,7 @@ def test_a_hung_model_leaves_the_other_serving_and_the_process_live(two: ServerP
     finally:
         hang.join(timeout=FAULT_DURATION_S + 5)
     assert replies["hung"].status_code == 503  # answered at the watchdog
-    assert _wait(lambda: httpx.get(f"{url}/health", timeout=2).json()["status"] == "ok", FAULT_DURATION_S + 3)
+    assert wait_for(lambda: httpx.get(f"{url}/health", timeout=2).json()["status"] == "ok", FAULT_DURATION_S + 3)
     assert _embed(url, "left", "after the hang").status_code == 200
 
 
@@ -88,7 +80,7 @@ def test_a_broken_model_is_reported_not_ready_while_the_other_stays_ready(two: S
     assert ready.status_code == 200
     assert ready.json()["models"]["left"].startswith("not ready")
     assert _embed(url, "right", "still fine").status_code == 200
-    assert _wait(lambda: httpx.get(f"{url}/ready", timeout=5).json()["models"]["left"] == "ready",
+    assert wait_for(lambda: httpx.get(f"{url}/ready", timeout=5).json()["models"]["left"] == "ready",
                  FAULT_DURATION_S + 4)
 
 
@@ -99,7 +91,7 @@ def test_health_is_503_only_when_every_model_is_unhealthy(two: ServerProcess) ->
     for t in threads:
         t.start()
     try:
-        assert _wait(lambda: httpx.get(f"{url}/health", timeout=2).status_code == 503, 5)
+        assert wait_for(lambda: httpx.get(f"{url}/health", timeout=2).status_code == 503, 5)
         reply = httpx.get(f"{url}/health", timeout=2)
         assert "left" in reply.json()["error"]["message"]
         assert "right" in reply.json()["error"]["message"]
@@ -107,7 +99,7 @@ def test_health_is_503_only_when_every_model_is_unhealthy(two: ServerProcess) ->
     finally:
         for t in threads:
             t.join(timeout=FAULT_DURATION_S + 5)
-    assert _wait(lambda: httpx.get(f"{url}/health", timeout=2).status_code == 200, FAULT_DURATION_S + 3)
+    assert wait_for(lambda: httpx.get(f"{url}/health", timeout=2).status_code == 200, FAULT_DURATION_S + 3)
 
 
 def test_sigterm_drains_every_models_queue(start_server: Callable[..., ServerProcess],
@@ -137,7 +129,7 @@ def test_sigterm_drains_every_models_queue(start_server: Callable[..., ServerPro
         depths = dict(re.findall(r'^embed_queue_depth\{model="(\w+)"\} (\S+)$', text, re.MULTILINE))
         return all(float(depths.get(m, 0)) > 0 for m in ("left", "right"))
 
-    assert _wait(both_queued, 5)
+    assert wait_for(both_queued, 5)
     srv.terminate()
     for t in threads:
         t.join(timeout=30)
@@ -184,7 +176,7 @@ def test_per_model_queue_limit_refuses_only_that_model(start_server: Callable[..
     hold = threading.Thread(target=_embed, args=(url, "small", f"hold {FAULT_MARKERS['hang']}"))
     hold.start()
     try:
-        assert _wait(lambda: 'embed_queue_depth{model="small"} 1.0' in httpx.get(f"{url}/metrics").text, 5)
+        assert wait_for(lambda: 'embed_queue_depth{model="small"} 1.0' in httpx.get(f"{url}/metrics").text, 5)
         refused = _embed(url, "small", "one more")
         assert refused.status_code == 429
         assert int(refused.headers["retry-after"]) >= 1
