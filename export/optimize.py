@@ -68,7 +68,8 @@ def to_int8(fused: Path, out: Path) -> None:
 
     Measured on MiniLM over 200 hard sentences (bench: tests/export/test_export_real.py): per-tensor scales give
     mean cosine ~0.96; per-channel 0.9895; also quantizing the embedding Gather and fused Attention costs another
-    ~0.002 of cosine for ~15% speed, so only MatMul is quantized (mean 0.991, 1.32-1.36x the fp32 graph measured side by side: docs/results/int8-study-20261204-024123.json).
+    ~0.002 of cosine for ~15% speed, so only MatMul is quantized (mean 0.991; 1.32-1.36x the fp32 graph measured
+    side by side, docs/results/int8-study-20261204-024123.json).
 
     DefaultTensorType tells the quantizer the type of tensors whose type shape inference cannot find in the
     fused graph (the contrib ops); without it quantize_dynamic fails on the optimized graph.
