@@ -194,24 +194,15 @@ class Engine:
         self._check_count(len(inputs))
         self._check_options(options)
         prefix = self.prompt(options.prompt_name)
-        with self.batcher.try_admit(len(inputs)) as admission:
-            t0 = time.perf_counter()
-            encoded = await self._tokenize_inputs(inputs, options.policy, prefix)
-            tokenize_s = time.perf_counter() - t0
-            self.metrics.observe_stage("tokenize", tokenize_s)
-            self._check_tokens(encoded, options)
-            graph = ATTENTION if options.attention else TOKENS if options.token_embeddings else EMBED
-            items = [BatchItem(e.ids, graph, e.prompt_length) for e in encoded]
-            outcomes = await self.batcher.submit(admission, items)
-        rows, queue_ms, inference_ms = self._rows_or_raise(outcomes)
-        self.metrics.observe_stage("queue", queue_ms / 1000)
-        self.metrics.observe_stage("inference", inference_ms / 1000)
+        graph = ATTENTION if options.attention else TOKENS if options.token_embeddings else EMBED
+        encoded, rows, timings = await self._submit(
+            len(inputs), graph, lambda: self._tokenize_inputs(inputs, options.policy, prefix), options)
         results = [self._finish(e, row, options) for e, row in zip(encoded, rows, strict=True)]
         total_s = time.perf_counter() - started
         self.metrics.observe_stage("total", total_s)
         return EncodeResult(
             items=results,
-            timings=Timings(tokenize_s * 1000, queue_ms, inference_ms, total_s * 1000),
+            timings=replace(timings, total_ms=total_s * 1000),
             prompt_tokens=sum(e.token_count for e in encoded),
             characters=sum(e.char_count for e in encoded),
         )
@@ -252,27 +243,35 @@ class Engine:
 
     async def _run_rows(self, n: int, graph: str,
                         tokenize: Callable[[], Awaitable[list[Encoded]]]) -> RowsResult:
-        """Admit, tokenize, batch and wait, as `encode` does, for a head whose rows need no post-processing."""
+        """`_submit` for a head whose rows need no post-processing: only their finiteness is checked."""
         started = time.perf_counter()
-        with self.batcher.try_admit(n) as admission:
-            t0 = time.perf_counter()
-            encoded = await tokenize()
-            tokenize_s = time.perf_counter() - t0
-            self.metrics.observe_stage("tokenize", tokenize_s)
-            self._check_tokens(encoded, EncodeOptions())
-            items = [BatchItem(e.ids, graph, e.prompt_length, e.type_ids) for e in encoded]
-            outcomes = await self.batcher.submit(admission, items)
-        rows, queue_ms, inference_ms = self._rows_or_raise(outcomes)
-        self.metrics.observe_stage("queue", queue_ms / 1000)
-        self.metrics.observe_stage("inference", inference_ms / 1000)
+        encoded, rows, timings = await self._submit(n, graph, tokenize, EncodeOptions())
         for row, e in zip(rows, encoded, strict=True):
             if not np.isfinite(row.first_output()).all():
                 logger.error("non-finite %s output for an input of %d tokens", graph, e.token_count)
                 raise InferenceError()
         total_s = time.perf_counter() - started
         self.metrics.observe_stage("total", total_s)
-        return RowsResult(rows, encoded, Timings(tokenize_s * 1000, queue_ms, inference_ms, total_s * 1000),
+        return RowsResult(rows, encoded, replace(timings, total_ms=total_s * 1000),
                           sum(e.token_count for e in encoded), sum(e.char_count for e in encoded))
+
+    async def _submit(self, n: int, graph: str, tokenize: Callable[[], Awaitable[list[Encoded]]],
+                      options: EncodeOptions) -> tuple[list[Encoded], list[RowResult], Timings]:
+        """Admit `n` inputs, tokenize them, check the token limits, batch and wait: the one path every head's
+        request takes. Slots are reserved before tokenizing, so an overloaded server answers 429 at once.
+        Returns the stage timings without the total (the caller's post-processing belongs to it)."""
+        with self.batcher.try_admit(n) as admission:
+            t0 = time.perf_counter()
+            encoded = await tokenize()
+            tokenize_s = time.perf_counter() - t0
+            self.metrics.observe_stage("tokenize", tokenize_s)
+            self._check_tokens(encoded, options)
+            items = [BatchItem(e.ids, graph, e.prompt_length, e.type_ids) for e in encoded]
+            outcomes = await self.batcher.submit(admission, items)
+        rows, queue_ms, inference_ms = self._rows_or_raise(outcomes)
+        self.metrics.observe_stage("queue", queue_ms / 1000)
+        self.metrics.observe_stage("inference", inference_ms / 1000)
+        return encoded, rows, Timings(tokenize_s * 1000, queue_ms, inference_ms)
 
     async def _tokenize_inputs(self, inputs: Sequence[Input], policy: TruncationPolicy, prefix: str) -> list[Encoded]:
         """Texts through the tokenizer (off the loop, with the prompt), token-id lists verbatim, in input order."""
