@@ -41,8 +41,8 @@ log = logging.getLogger("bench.infinity")
 VENV = REPO / "bench" / ".venv-infinity"
 INFINITY_SPEC = "infinity-emb[server,torch,optimum,logging]==0.0.78"
 TORCH_SPEC = "torch==2.13.0"  # the CPU wheel on local disk; see the module docstring
-ONNX_DIR = VENV / "onnx-model"
-HF_HOME = VENV / "hf-home"  # Infinity caches its optimized ONNX graph under here, never in the user's cache
+ONNX_ROOT = VENV / "onnx-models"  # one optimum export per served model, named after it
+HF_ROOT = VENV / "hf-home"  # Infinity caches its optimized ONNX graph under here, never in the user's cache
 ENGINES = ("torch", "optimum")
 
 _OPTIMIZE = """
@@ -59,9 +59,15 @@ def _bin(name: str) -> Path:
     return VENV / "bin" / name
 
 
-def offline_env() -> dict[str, str]:
+def hf_home(model_name: str) -> Path:
+    """A hub cache per served model: Infinity keys its optimized graph by model id, and the optimum engine's id is
+    always "." (workaround 2), so one shared cache would hand one model's graph to another."""
+    return HF_ROOT / model_name
+
+
+def offline_env(model_name: str) -> dict[str, str]:
     """Environment for every Infinity-side process: no hub, no telemetry, caches inside the throwaway venv."""
-    return {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_HOME": str(HF_HOME),
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_HOME": str(hf_home(model_name)),
             "DO_NOT_TRACK": "1", "INFINITY_ANONYMOUS_USAGE_STATS": "0"}
 
 
@@ -82,26 +88,28 @@ def ensure_venv() -> None:
     marker.write_text(wanted)
 
 
-def _optimized_folder() -> Path:
+def _optimized_folder(model_name: str) -> Path:
     """Where Infinity looks for `*_optimized.onnx`: hub cache / infinity_onnx / provider / model id (".")."""
-    return HF_HOME / "hub" / "infinity_onnx" / "CPUExecutionProvider" / "."
+    return hf_home(model_name) / "hub" / "infinity_onnx" / "CPUExecutionProvider" / "."
 
 
-def ensure_onnx_export(model_dir: Path) -> Path:
+def ensure_onnx_export(model_dir: Path, model_name: str) -> Path:
     """optimum's ONNX export of `model_dir` and Infinity's optimized copy of it, offline, made once (docstring)."""
-    if (ONNX_DIR / "model.onnx").exists() and list(_optimized_folder().glob("*_optimized.onnx")):
-        return ONNX_DIR
+    onnx_dir = ONNX_ROOT / model_name
+    if (onnx_dir / "model.onnx").exists() and list(_optimized_folder(model_name).glob("*_optimized.onnx")):
+        return onnx_dir
     log.info("exporting %s to ONNX with optimum-cli for Infinity's optimum engine", model_dir)
-    work = ONNX_DIR.with_name(ONNX_DIR.name + ".tmp")
-    for stale in (work, ONNX_DIR, _optimized_folder()):
+    work = onnx_dir.with_name(onnx_dir.name + ".tmp")
+    for stale in (work, onnx_dir, _optimized_folder(model_name)):
         shutil.rmtree(stale, ignore_errors=True)
+    work.parent.mkdir(parents=True, exist_ok=True)
     subprocess.run([str(_bin("optimum-cli")), "export", "onnx", "--model", str(model_dir), "--library-name",
-                    "transformers", "--task", "feature-extraction", str(work)], check=True, env=offline_env(),
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    work.rename(ONNX_DIR)
-    subprocess.run([str(_bin("python")), "-c", _OPTIMIZE, str(_optimized_folder())], check=True, cwd=ONNX_DIR,
-                   env=offline_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    return ONNX_DIR
+                    "transformers", "--task", "feature-extraction", str(work)], check=True,
+                   env=offline_env(model_name), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    work.rename(onnx_dir)
+    subprocess.run([str(_bin("python")), "-c", _OPTIMIZE, str(_optimized_folder(model_name))], check=True,
+                   cwd=onnx_dir, env=offline_env(model_name), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return onnx_dir
 
 
 def versions() -> dict[str, str]:
@@ -113,11 +121,19 @@ def versions() -> dict[str, str]:
     return {name: version for name, version in pairs if name.lower().replace("_", "-") in keep}
 
 
+# "Tuned" as Infinity's author runs it on CPU (the start script of the michaelfeil/infinity Hugging Face space:
+# `--batch-size 8 --engine optimum`): smaller batches than the default 32 keep a CPU's latency down; and its
+# request lengths taken from len(input) rather than by tokenizing every input a second time.
+TUNED_ARGS = ("--batch-size", "8", "--no-lengths-via-tokenize")
+
+
 @contextlib.contextmanager
-def running_infinity(engine: str, model_dir: Path, served_model_name: str) -> Iterator[tuple[str, int]]:
+def running_infinity(engine: str, model_dir: Path, served_model_name: str,
+                     extra_args: tuple[str, ...] = ()) -> Iterator[tuple[str, int]]:
     """`infinity_emb v2` on 127.0.0.1 with `--url-prefix /v1`, so its route is POST /v1/embeddings like ours.
 
     Pooling is given explicitly (`mean`, the checkpoint's): the optimum engine's `auto` falls back to CLS.
+    `extra_args` go last (e.g. TUNED_ARGS).
     """
     if engine not in ENGINES:
         raise ValueError(f"unknown Infinity engine {engine!r}; choose one of {ENGINES}")
@@ -126,7 +142,7 @@ def running_infinity(engine: str, model_dir: Path, served_model_name: str) -> It
     cwd, model_id = (model_dir, ".") if engine == "optimum" else (REPO, str(model_dir))
     argv = [str(_bin("infinity_emb")), "v2", "--model-id", model_id, "--engine", engine, "--device", "cpu",
             "--host", "127.0.0.1", "--port", str(port), "--url-prefix", "/v1", "--served-model-name",
-            served_model_name, "--pooling-method", "mean", "--log-level", "warning"]
-    with running_command(argv, offline_env(), port=port, ready_path="/health", ready_timeout_s=300.0,
-                         cwd=cwd) as served:
+            served_model_name, "--pooling-method", "mean", "--log-level", "warning", *extra_args]
+    with running_command(argv, offline_env(served_model_name), port=port, ready_path="/health",
+                         ready_timeout_s=300.0, cwd=cwd) as served:
         yield served

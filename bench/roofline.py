@@ -6,6 +6,7 @@ A served tokens/s figure means little alone; divided by what the arithmetic allo
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -30,6 +31,50 @@ def encoder_flops_per_token(*, hidden_size: int, intermediate_size: int, num_lay
     """
     d, f, n_layers = hidden_size, intermediate_size, num_layers
     return float(n_layers * (8 * d * d + 4 * d * f + 4 * mean_tokens * d))
+
+
+def attention_length(tokens: Sequence[int]) -> float:
+    """The sequence length the attention term must be evaluated at: E[T²]/E[T], not the mean T.
+
+    A token in a sequence of T tokens attends to T keys, so the corpus's attention FLOPs per real token are
+    Σ Tᵢ·Tᵢ / Σ Tᵢ = E[T²]/E[T], which exceeds the mean whenever lengths vary (a few long documents carry most of
+    the attention work). Evaluated at the mean, the limit would be too high and the efficiency too low.
+    """
+    total = sum(tokens)
+    return float(sum(t * t for t in tokens) / total) if total else 0.0
+
+
+def model_flops_per_token(config: Mapping[str, Any], tokens: Sequence[int]) -> dict[str, float]:
+    """Forward FLOPs per real token for any family in a manifest's `config`, on a corpus of `tokens` lengths.
+
+    Per layer: the Q and O projections are d × (h·d_k), K and V d × (h_kv·d_k) (grouped-query attention has fewer
+    K/V heads); the feed-forward is two d×f matrices, or three for gated ones (GeGLU, SwiGLU); attention costs
+    2·2·h·d_k per key attended to. Keys attended to: E[T²]/E[T] for bidirectional attention, (E[T²]/E[T] + 1)/2 for
+    causal attention (a query sees only the keys before it), and at most the window on local-attention layers
+    (ModernBERT). Multiply-adds count 2 FLOPs; embeddings, norms, activations and pooling are left out (O(d)).
+    """
+    d = int(config["hidden_size"])
+    f = int(config["intermediate_size"])
+    layers = int(config["num_layers"])
+    heads = int(config["num_heads"])
+    head_dim = int(config.get("attention_head_dim") or d // heads)
+    kv_heads = int(config.get("num_kv_heads") or heads)
+    gated = config.get("feed_forward", "mlp") in ("geglu", "swiglu")
+    keys = attention_length(tokens)
+    if config.get("causal"):
+        keys = (keys + 1) / 2
+    window = int(config.get("local_window") or 0)
+    every = int(config.get("global_every") or 1)
+    projection = 2 * (2 * d * heads * head_dim + 2 * d * kv_heads * head_dim)
+    feed_forward = 2 * (3 if gated else 2) * d * f
+    attention = 0.0
+    for index in range(layers):
+        attended = keys if window == 0 or index % every == 0 else min(keys, window + 1)
+        attention += 4 * heads * head_dim * attended
+    matmul = layers * (projection + feed_forward)
+    return {"flops_per_token": float(matmul + attention), "matmul_flops_per_token": float(matmul),
+            "attention_flops_per_token": attention, "attention_length": attention_length(tokens),
+            "mean_tokens": float(sum(tokens) / len(tokens)) if tokens else 0.0}
 
 
 def _best_seconds(call: Any, repeats: int, max_seconds: float) -> float:
