@@ -9,7 +9,11 @@ Why it looks the way it does:
   grows with the same-graph pending items whose lengths add the least padding, within `max_batch_size` rows
   and `max_batch_tokens` padded tokens (rows x longest row). An item longer than the budget runs alone.
 * A short wait window. A batch forms once its anchor has waited `max_wait_ms` or a full batch is pending, so
-  a lone request is delayed by at most the window and a burst lands in one batch.
+  a lone request is delayed by at most the window and a burst lands in one batch. With `adaptive_window` the
+  window is skipped while it is not paying: the recent batches held about one row each (so nothing joined
+  them), the inference thread is free, and no admitted request is still tokenizing. A single client then
+  does not wait 2 ms per call for company that never comes; the moment load gives batches of several rows
+  (or another request is on its way in), the window is back.
 * Two threads, one lookahead. `runner.prepare` (padding) runs in a worker thread while the previous batch's
   `runner.execute` runs on the single inference thread, so under load the model never waits on padding and
   the event loop only does bookkeeping. A batch that is not full is formed only once the inference thread is
@@ -41,6 +45,12 @@ import numpy as np
 from service.errors import InferenceError, QueueFullError, QueueTimeoutError, ServiceError, UnavailableError
 
 logger = logging.getLogger(__name__)
+
+# The adaptive window: skip it while the smoothed rows per batch stay under _LONE_ROWS. A smoothing of 0.2
+# forgets a burst's batches within ~10 batches, and one batch of n rows lifts the mean by 0.2·(n - 1), so two
+# requests arriving together already bring the window back.
+_LONE_ROWS = 1.5
+_ROWS_SMOOTHING = 0.2
 
 PreparedT = TypeVar("PreparedT")  # a runner's padded batch: made by its `prepare`, consumed by its `execute`
 ResultT = TypeVar("ResultT")  # a runner's per-row result (`service.runner.RowResult`)
@@ -110,6 +120,9 @@ class BatcherConfig:
     # would add more padding than that is cheaper in another batch. GPUs want a much larger value.
     padding_slack_tokens: int = 16
     max_wait_ms: float = 2.0
+    # Skip the window while recent batches held ~1 row (see the module docstring). Off here so that the window's
+    # own semantics stay what a bare BatcherConfig says; the server turns it on (EMBED_BATCH_WINDOW_ADAPTIVE).
+    adaptive_window: bool = False
     max_queue_size: int = 2048  # admitted inputs not yet settled
     queue_timeout_s: float = 10.0
     watchdog_timeout_s: float = 30.0
@@ -264,6 +277,7 @@ class Batcher(Generic[PreparedT, ResultT]):
         self._executing = 0  # batches on the inference thread
         self._last_progress = time.monotonic()
         self._items_per_s = 0.0  # smoothed throughput, for Retry-After
+        self._recent_rows = 1.0  # smoothed rows per batch: the adaptive window's evidence that waiting pays
         self._failed_batches_in_row = 0  # batches whose every row failed, since the last row that worked
         self._started = self._stopping = self._closed = False
         self._dead_reason: str | None = None
@@ -486,7 +500,7 @@ class Batcher(Generic[PreparedT, ResultT]):
             anchor = next(iter(self._pending.values()))
             wait_s = anchor.enqueued_at + max_wait_s - time.monotonic()
             full = len(self._pending) >= self._cfg.max_batch_size or self._pending_tokens >= self._cfg.max_batch_tokens
-            if full or self._closed or (wait_s <= 0 and not self._slot.locked()):
+            if full or self._closed or ((wait_s <= 0 or self._window_useless()) and not self._slot.locked()):
                 return self._form_batch(anchor)
             if wait_s <= 0:  # window over but the inference thread is busy: `_on_batch_done` wakes us
                 await self._wakeup.wait()
@@ -496,6 +510,12 @@ class Batcher(Generic[PreparedT, ResultT]):
                     await self._wakeup.wait()
             except TimeoutError:
                 pass
+
+    def _window_useless(self) -> bool:
+        """Whether waiting for company is pointless now: recent batches held ~one row and no admitted request is
+        still being tokenized (`_reserved` counts those, `_unsettled` only what was submitted)."""
+        return (self._cfg.adaptive_window and self._recent_rows < _LONE_ROWS
+                and self._reserved == self._unsettled)
 
     def _form_batch(self, anchor: _Item[ResultT]) -> _Batch[ResultT]:
         """Grow a batch around the oldest item, each step adding the same-graph item that adds least padding.
@@ -540,6 +560,7 @@ class Batcher(Generic[PreparedT, ResultT]):
             it.state = _State.BATCHED
         self._in_flight += 1
         chosen.sort(key=lambda it: it.seq)
+        self._recent_rows += _ROWS_SMOOTHING * (len(chosen) - self._recent_rows)
         return _Batch(anchor.graph, chosen)
 
     async def _run_batch(self, batch: _Batch[ResultT], prepared: PreparedT | _PrepareFailed | None) -> None:

@@ -149,6 +149,7 @@ def _batcher_config(settings: Settings, model: LoadedModel) -> BatcherConfig:
         max_batch_tokens=model.limits.max_batch_tokens,
         padding_slack_tokens=settings.batch_padding_slack_tokens,
         max_wait_ms=settings.max_wait_ms,
+        adaptive_window=settings.batch_window_adaptive,
         max_queue_size=model.limits.max_queue_size,
         queue_timeout_s=settings.queue_timeout_s,
         watchdog_timeout_s=settings.watchdog_timeout_s,

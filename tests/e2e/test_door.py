@@ -52,7 +52,8 @@ def _hold_the_only_slot(srv: ServerProcess) -> None:
 
 @pytest.mark.parametrize("where", ["protocol", "app"])
 def test_refusal_at_the_door_keeps_the_connection(start_server: Callable[..., ServerProcess], where: str) -> None:
-    env = {"EMBED_MAX_QUEUE_SIZE": "1", "EMBED_MAX_WAIT_MS": "4000", "EMBED_QUEUE_TIMEOUT_S": "3"}
+    env = {"EMBED_MAX_QUEUE_SIZE": "1", "EMBED_MAX_WAIT_MS": "4000", "EMBED_QUEUE_TIMEOUT_S": "3",
+           "EMBED_BATCH_WINDOW_ADAPTIVE": "false"}
     if where == "app":
         env["EMBED_CORS_ORIGINS"] = "https://example.test"  # CORS keeps the door inside the app
     srv = start_server(**env)

@@ -33,6 +33,7 @@ FAULT_ENV = {
     "EMBED_QUEUE_TIMEOUT_S": "2",
     "EMBED_FAILURE_THRESHOLD": "3",
     "EMBED_MAX_WAIT_MS": "100",  # a wide window, so concurrent requests share the poison input's batch
+    "EMBED_BATCH_WINDOW_ADAPTIVE": "false",  # ... even the first of them
     "EMBED_BATCH_PADDING_SLACK_TOKENS": "1000",
     "EMBED_INTRA_OP_THREADS": "1",
 }

@@ -105,7 +105,7 @@ def test_health_is_503_only_when_every_model_is_unhealthy(two: ServerProcess) ->
 def test_sigterm_drains_every_models_queue(start_server: Callable[..., ServerProcess],
                                            tiny_artifact_dir: Path) -> None:
     srv = start_server(EMBED_MODELS=f"left={tiny_artifact_dir},right={tiny_artifact_dir}", EMBED_MAX_WAIT_MS="500",
-                       EMBED_INTRA_OP_THREADS="1")
+                       EMBED_BATCH_WINDOW_ADAPTIVE="false", EMBED_INTRA_OP_THREADS="1")
     outcomes: list[tuple[str, int | str]] = []
     lock = threading.Lock()
     go = threading.Barrier(17)

@@ -24,6 +24,7 @@ from tests.server_process import free_port
 SLOW_QUEUE_ENV = {
     "EMBED_MAX_QUEUE_SIZE": "1",
     "EMBED_MAX_WAIT_MS": "1500",
+    "EMBED_BATCH_WINDOW_ADAPTIVE": "false",  # the window must hold even a lone request
     "EMBED_QUEUE_TIMEOUT_S": "0.6",
     "EMBED_API_KEY": "test-key",
 }
@@ -88,7 +89,7 @@ def test_disconnect_while_queued_cancels(slow: ServerProcess) -> None:
 
 
 def test_sigterm_drains_accepted_requests(start_server: Callable[..., ServerProcess]) -> None:
-    srv = start_server(EMBED_MAX_WAIT_MS="800", EMBED_QUEUE_TIMEOUT_S="10")
+    srv = start_server(EMBED_MAX_WAIT_MS="800", EMBED_BATCH_WINDOW_ADAPTIVE="false", EMBED_QUEUE_TIMEOUT_S="10")
     result: dict[str, httpx.Response] = {}
 
     def call() -> None:

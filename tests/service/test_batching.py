@@ -310,6 +310,53 @@ def test_lone_request_waits_at_most_the_window(max_wait_ms: float) -> None:
     run(main)
 
 
+def test_adaptive_window_lets_a_lone_client_skip_the_wait() -> None:
+    """One client, one input at a time: batches hold one row, so the 80 ms window is skipped after the first."""
+    runner = FakeRunner()
+
+    async def main() -> None:
+        async with started(runner, max_wait_ms=80, adaptive_window=True) as b:
+            for i in range(4):
+                t0 = time.monotonic()
+                outcomes = await embed(b, [tokens(i, 5)])
+                assert_results(outcomes, [tokens(i, 5)])
+                assert time.monotonic() - t0 < 0.05, f"request {i} waited the window"
+
+    run(main)
+
+
+def test_adaptive_window_waits_for_an_admitted_request_still_tokenizing() -> None:
+    """A second request admitted (slots reserved) but not yet submitted: the first waits for it, one batch."""
+    runner = FakeRunner()
+
+    async def main() -> None:
+        async with started(runner, max_wait_ms=80, adaptive_window=True) as b:
+            second = b.try_admit(1)  # being tokenized
+            first = asyncio.create_task(embed(b, [tokens(0, 5)]))
+            await asyncio.sleep(0.02)
+            assert not first.done()
+            outcomes = await b.submit(second, [BatchItem(tokens(1, 5), "embed")])
+            assert outcomes[0].batch_size == 2
+            assert (await first)[0].batch_size == 2
+
+    run(main)
+
+
+def test_adaptive_window_comes_back_once_batches_hold_several_rows() -> None:
+    """After a burst of batches of several rows the smoothed rows per batch is over the bar: a lone request
+    waits the window again (company is likely)."""
+    runner = FakeRunner()
+
+    async def main() -> None:
+        async with started(runner, max_wait_ms=60, adaptive_window=True) as b:
+            await asyncio.gather(*(embed(b, [tokens(i, 5) for i in range(4 * k, 4 * k + 4)]) for k in range(3)))
+            t0 = time.monotonic()
+            await embed(b, [tokens(99, 5)])
+            assert time.monotonic() - t0 >= 0.055
+
+    run(main)
+
+
 def test_burst_within_window_forms_one_batch() -> None:
     runner = FakeRunner()
     rows = [tokens(i, 8) for i in range(5)]
