@@ -223,5 +223,9 @@ def validate(encoder: Encoder, graphs: dict[str, Path], batches: list[Batch], la
             figures = {"mean_cosine_vs_fp32": float(np.mean(cosines)), "min_cosine_vs_fp32": float(np.min(cosines))}
         report.parity[name] = figures
         report.latency_ms[name] = median_latency_ms(session, latency_batch)
+        # Let this session go before the next one is built: rebinding the name would hold both at once. A session
+        # of a 0.6B model is several GB; holding two, validating bench/qwen3_shaped.py's model ran a 24 GiB
+        # machine out of memory, and without that it passed.
+        del session
         log.info("validated %s: %s, %.1f ms", name, figures, report.latency_ms[name])
     return report

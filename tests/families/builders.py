@@ -14,6 +14,9 @@ Why each tokenizer is shaped like the real family's: transformers 5 rebuilds the
 `BertTokenizer` from the class instead of reading them from tokenizer.json. A trained tokenizer.json that
 differs from the class would make `AutoTokenizer` and `tokenizers.Tokenizer.from_file` disagree, which is not
 what a real checkpoint does; tests/families/test_fixtures.py checks that they agree on every text.
+
+The qwen3 tokenizer pipeline and the sentence-transformers save are in bench/random_checkpoints.py, which the
+shaped benchmarks use too (bench/ may not import tests/).
 """
 
 from __future__ import annotations
@@ -24,6 +27,13 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from bench.random_checkpoints import (
+    QWEN3_TOKENIZER_CONFIG,
+    qwen3_tokenizer,
+    save_sentence_transformer,
+    train_byte_level_bpe,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -50,12 +60,6 @@ BIAS_NOISE = 0.2
 RELATIVE_BIAS_STD = 1.0
 _UNIGRAM_PENALTY_STEP = 1e-4  # tokenizers' UnigramTrainer: score step between characters it did not score
 _UNIGRAM_SCORE_DECIMALS = 4
-
-# Qwen2's pre-tokenizer regex, exactly as transformers' Qwen2Tokenizer and Qwen's tokenizer.json hold it.
-QWEN_PRETOKENIZE_REGEX = (
-    r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"""
-    r"""|\s*[\r\n]+|\s+(?!\S)|\s+"""
-)
 
 # The tokenizer training corpus: English prose and code in the main, with accents, CJK, Korean and emoji so
 # that those texts get real pieces as well as some unknowns (the CJK in mixed_texts is not all here).
@@ -240,14 +244,6 @@ def _canonical_unigram_vocab(vocab: list[list[Any]]) -> list[tuple[str, float]]:
     return [(str(p), float(s)) for p, s in specials] + kept
 
 
-def _byte_level_bpe(tok: Tokenizer, vocab_size: int) -> None:
-    from tokenizers import pre_tokenizers, trainers
-
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=1, show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), special_tokens=[])
-    tok.train_from_iterator(_corpus(), trainer)
-
-
 def _modernbert_tokenizer() -> Tokenizer:
     """Byte-level BPE as ModernBERT's (OLMo's) tokenizer.json: NFC, ByteLevel pre-tokenizer with its regex,
     specials after the merges ([UNK] [CLS] [SEP] [PAD] [MASK], as ids 50280.. in the real one)."""
@@ -257,7 +253,7 @@ def _modernbert_tokenizer() -> Tokenizer:
     tok.normalizer = normalizers.NFC()
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=True, use_regex=True)
     tok.decoder = decoders.ByteLevel(add_prefix_space=True, trim_offsets=True, use_regex=True)
-    _byte_level_bpe(tok, vocab_size=700)
+    train_byte_level_bpe(tok, _corpus(), vocab_size=700)
     tok.add_special_tokens([AddedToken(t, normalized=False, special=True) for t in
                             ("[UNK]", "[CLS]", "[SEP]", "[PAD]")])
     _add_mask(tok, "[MASK]")
@@ -269,26 +265,8 @@ def _modernbert_tokenizer() -> Tokenizer:
 
 
 def _qwen3_tokenizer() -> Tokenizer:
-    """Byte-level BPE as Qwen2Tokenizer rebuilds it and as Qwen3-Embedding's tokenizer.json holds it: NFC,
-    Split(Qwen regex, isolated) + ByteLevel(no prefix space, no regex), <|endoftext|> after the merges and
-    appended to every input."""
-    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
-
-    tok = Tokenizer(models.BPE(dropout=None, unk_token=None, continuing_subword_prefix="", end_of_word_suffix="",
-                               fuse_unk=False, byte_fallback=False))
-    tok.normalizer = normalizers.NFC()
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(QWEN_PRETOKENIZE_REGEX), behavior="isolated", invert=False),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False),
-    ])
-    tok.decoder = decoders.ByteLevel()
-    _byte_level_bpe(tok, vocab_size=700)
-    tok.add_special_tokens([AddedToken("<|endoftext|>", normalized=False, special=True)])
-    eos = tok.token_to_id("<|endoftext|>")
-    tok.post_processor = processors.TemplateProcessing(
-        single="$A:0 <|endoftext|>:0", pair="$A:0 <|endoftext|>:0 $B:1 <|endoftext|>:1",
-        special_tokens=[("<|endoftext|>", eos)])
-    return tok
+    """Qwen3-Embedding's byte-level BPE pipeline (bench/random_checkpoints.py), trained on the built-in corpus."""
+    return qwen3_tokenizer(_corpus(), vocab_size=700)
 
 
 # ---- models -----------------------------------------------------------------------------------------------
@@ -380,11 +358,7 @@ _RECIPES: dict[str, _Recipe] = {
         "tokenizer_class": "PreTrainedTokenizerFast", "clean_up_tokenization_spaces": True, "cls_token": "[CLS]",
         "sep_token": "[SEP]", "pad_token": "[PAD]", "unk_token": "[UNK]", "mask_token": "[MASK]",
         "model_input_names": ["input_ids", "attention_mask"], "padding_side": "right"}, _modernbert_model),
-    "qwen3": _Recipe(_qwen3_tokenizer, {
-        "tokenizer_class": "Qwen2Tokenizer", "bos_token": None, "eos_token": "<|endoftext|>",
-        "pad_token": "<|endoftext|>", "unk_token": None, "add_prefix_space": False, "errors": "replace",
-        "split_special_tokens": False, "clean_up_tokenization_spaces": False,
-        "padding_side": "left"}, _qwen3_model),
+    "qwen3": _Recipe(_qwen3_tokenizer, QWEN3_TOKENIZER_CONFIG, _qwen3_model),
 }
 
 
@@ -430,8 +404,7 @@ def build_checkpoint(family: str, directory: Path, *, pooling: str | None = None
     sentence_transformers.models.* types), which 6.2 still loads to the same model.
     """
     import torch
-    from sentence_transformers import SentenceTransformer
-    from sentence_transformers.sentence_transformer.modules import Dense, Normalize, Pooling, Transformer
+    from sentence_transformers.sentence_transformer.modules import Dense
 
     if family not in _RECIPES:
         raise ValueError(f"unknown family {family!r} (known: {', '.join(FAMILIES)})")
@@ -457,28 +430,19 @@ def build_checkpoint(family: str, directory: Path, *, pooling: str | None = None
     model = recipe.model(tokenizer).eval()
     perturb_(model, generator)
     model.save_pretrained(directory)
-    _write_tokenizer(directory, tokenizer_json, tokenizer_config)
 
-    transformer = Transformer(str(directory), max_seq_length=MAX_SEQ_LENGTH)
-    modules: list[torch.nn.Module] = [transformer, Pooling(HIDDEN_SIZE, pooling_mode=pooling, include_prompt=True)]
+    heads: list[torch.nn.Module] = []
     if dense:
         head = Dense(HIDDEN_SIZE, DENSE_OUT_FEATURES, bias=True, activation_function=torch.nn.Tanh())
         with torch.no_grad():
             head.linear.weight.normal_(0.0, 1.0 / HIDDEN_SIZE**0.5, generator=generator)
         perturb_(head, generator)
-        modules.append(head)
-    if normalize:
-        modules.append(Normalize())
-    st_model = SentenceTransformer(modules=modules, device="cpu", prompts=prompts or {},
-                                   default_prompt_name=default_prompt_name, similarity_fn_name="cosine")
-    st_model.save(str(directory))
-    # sentence-transformers re-saves the tokenizer as transformers rebuilt it; keep the trained files instead
-    # (they tokenize the same: the test checks it), and the legacy keys our loader and older releases read.
-    _write_tokenizer(directory, tokenizer_json, tokenizer_config)
-    st_config_path = directory / "sentence_bert_config.json"
-    st_config = json.loads(st_config_path.read_text())
-    st_config.update(max_seq_length=MAX_SEQ_LENGTH, do_lower_case=False)
-    st_config_path.write_text(json.dumps(st_config, indent=2) + "\n")
+        heads.append(head)
+    # The trained tokenizer files are kept over what sentence-transformers re-saves (the test checks that they
+    # tokenize the same).
+    save_sentence_transformer(directory, tokenizer_json, tokenizer_config, embedding_dim=HIDDEN_SIZE,
+                              pooling=pooling, max_seq_length=MAX_SEQ_LENGTH, heads=heads, normalize=normalize,
+                              prompts=prompts, default_prompt_name=default_prompt_name)
     if legacy_layout:
         _rewrite_as_legacy(directory, pooling)
     logger.debug("built %s checkpoint (pooling=%s dense=%s normalize=%s legacy=%s) in %s", family, pooling,
@@ -523,8 +487,3 @@ def _rewrite_as_legacy(directory: Path, pooling: str) -> None:
     (directory / "sentence_bert_config.json").write_text(
         json.dumps({"max_seq_length": MAX_SEQ_LENGTH, "do_lower_case": False}, indent=2))
 
-
-def _write_tokenizer(directory: Path, tokenizer_json: str, tokenizer_config: dict[str, Any]) -> None:
-    (directory / "tokenizer.json").write_text(tokenizer_json, encoding="utf-8")
-    (directory / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2) + "\n",
-                                                    encoding="utf-8")

@@ -23,13 +23,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from bench.random_checkpoints import write_tokenizer
 from tests.families.builders import (
     _RECIPES,
     HIDDEN_SIZE,
     INITIALIZER_RANGE,
     MAX_SEQ_LENGTH,
     NUM_HEADS,
-    _write_tokenizer,
     perturb_,
 )
 
@@ -113,7 +113,7 @@ def _save_transformers(family: str, head: str, directory: Path, labels: dict[int
     perturb_(model, torch.Generator().manual_seed(seed + 1))
     model.save_pretrained(directory)
     tokenizer_json = tok.to_str(pretty=True)
-    _write_tokenizer(directory, tokenizer_json, tokenizer_config)
+    write_tokenizer(directory, tokenizer_json, tokenizer_config)
     return tokenizer_json, tokenizer_config
 
 
@@ -134,7 +134,7 @@ def build_reranker(family: str, out_dir: Path, *, seed: int = 0) -> Path:
                                                               seed)
         CrossEncoder(staging, device="cpu", max_length=MAX_SEQ_LENGTH).save(str(out_dir))
     # CrossEncoder re-saves the tokenizer as transformers rebuilt it; keep the trained files (they agree).
-    _write_tokenizer(out_dir, tokenizer_json, tokenizer_config)
+    write_tokenizer(out_dir, tokenizer_json, tokenizer_config)
     return out_dir
 
 
@@ -162,7 +162,7 @@ def build_splade(family: str, out_dir: Path, *, seed: int = 0, pooling_strategy:
         transformer = Transformer(staging, transformer_task="fill-mask", max_seq_length=MAX_SEQ_LENGTH)
         model = SparseEncoder(modules=[transformer, SpladePooling(pooling_strategy, "relu")], device="cpu")
         model.save(str(out_dir))
-    _write_tokenizer(out_dir, tokenizer_json, tokenizer_config)
+    write_tokenizer(out_dir, tokenizer_json, tokenizer_config)
     return out_dir
 
 

@@ -19,13 +19,13 @@ from sentence_transformers import SentenceTransformer
 from tokenizers import Tokenizer
 from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel
 
+from bench.random_checkpoints import QWEN_PRETOKENIZE_REGEX
 from tests.families.builders import (
     DENSE_OUT_FEATURES,
     FAMILIES,
     HIDDEN_SIZE,
     MAX_SEQ_LENGTH,
     QWEN3_PROMPTS,
-    QWEN_PRETOKENIZE_REGEX,
     build_checkpoint,
     mixed_texts,
 )
