@@ -199,7 +199,8 @@ def scenario_table(section: dict[str, Any]) -> list[str]:
             ratios = []
             for peer in peers:
                 other = row_for(section, peer, scenario)
-                ratios.append(f"{row['sentences_per_s'] / other['sentences_per_s']:.2f}×" if other else "—")
+                ratios.append(f"{row['sentences_per_s'] / other['sentences_per_s']:.2f}×"
+                              if other and other["sentences_per_s"] else "—")
             lines.append(f"| {meta['label']} | {name} | {who} | {row['sentences_per_s']:.1f} | "
                          f"{row['tokens_per_s']:.0f} | {_f(row.get('p50_ms'))} | {_f(row.get('p95_ms'))} | "
                          f"{_f(row.get('p99_ms'))} | {bad} | " + " | ".join(ratios) + " |")
@@ -285,18 +286,22 @@ def target_rows(judged: list[dict[str, Any]], per_round: list[list[float | None]
 
 
 def qwen3_lines(report: dict[str, Any]) -> list[str]:
-    """The Qwen3-0.6B-shaped decoder embedder's figures from bench/qwen3_shaped.py's JSON, folded in as measured."""
+    """The Qwen3-0.6B-shaped decoder embedder's figures from bench/qwen3_shaped.py's JSON, folded in as measured
+    (its limit is from the matmul measured in its own run)."""
     q = report.get("qwen3_shaped")
     if not q:
         return []
-    variants: dict[str, Any] = q.get("variants") or q.get("results") or {}
     rows = []
-    for name, v in variants.items():
-        if not isinstance(v, dict) or "tokens_per_s" not in v:
+    for name, v in q.get("variants", {}).items():
+        loop, roof = v.get("loop", {}), v.get("roofline", {})
+        if "tokens_per_s" not in loop:
             continue
-        share = v.get("share_of_limit", v.get("fraction_of_limit"))
-        rows.append(f"| qwen3-0.6b-shaped | {name} tokens/s (% of the fp32 limit) | {v['tokens_per_s']:.0f} "
-                    f"({_f(share, '.1%')}) | — | — | measured |")
+        share = roof.get("percent_of_limit")
+        bound = "" if name.startswith("fp32") else "; int8 is not bound by the fp32 limit, shown for scale"
+        rows.append(f"| qwen3-0.6b-shaped (random weights) | {name}: served tokens/s, 4 clients × 8 sentences "
+                    f"(% of the fp32 limit {roof.get('limit_tokens_per_s', float('nan')):.0f} tokens/s{bound}; "
+                    f"RSS at ready {v.get('rss_ready_bytes', 0) / MB:.0f} MB; `{q.get('source', '')}`) | "
+                    f"{loop['tokens_per_s']:.1f} ({_f(share, '.1f')}%) | — | — | measured |")
     return rows
 
 
@@ -317,7 +322,9 @@ def markdown(report: dict[str, Any]) -> str:
         lines += [f"### {section.get('model', key)}", "",
                   f"Corpus: {corpus['sentences']} sentences (seed {corpus['seed']}, mixed), mean "
                   f"{corpus['mean_tokens']:.1f} tokens, max {corpus['max_tokens']}; medians of "
-                  f"{max(1, len(section.get('rounds', [])))} rounds.", ""]
+                  f"{max(1, len(section.get('rounds', [])))} rounds."
+                  + (f" Our server's settings for this model: `{section['ours_env']}`." if section.get("ours_env")
+                     else ""), ""]
         lines += [*scenario_table(section), "", *systems_table(section), "", *roofline_lines(section)]
         lines += ["", *wrk_cost_lines(section), "", *stage_lines(section), ""]
     rounds = max((len(s.get("rounds", [])) for s in sections(report).values()), default=1)
