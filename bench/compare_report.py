@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -27,9 +28,10 @@ BATCHED = ("c32x1", "c4x32", "burst64")
 
 
 def newest(directory: Path, pattern: str) -> Path | None:
-    """The newest file matching `pattern` by its name's timestamp (names end in -YYYYmmdd-HHMMSS.json)."""
-    found = sorted(directory.glob(pattern), key=lambda p: p.stem[-15:])
-    return found[-1] if found else None
+    """The newest file matching `pattern` whose name ends in its run's stamp (-YYYYmmdd-HHMMSS.json); files
+    named otherwise (an A/B run's) are not candidates."""
+    found = sorted(p for p in directory.glob(pattern) if re.fullmatch(r".*-\d{8}-\d{6}", p.stem))
+    return max(found, key=lambda p: p.stem[-15:]) if found else None
 
 
 def sections(report: dict[str, Any]) -> dict[str, dict[str, Any]]:

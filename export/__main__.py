@@ -47,9 +47,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for noisy in ("onnx_model", "fusion_base", "onnx_model_bert", "fusion_utils", "root"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    # The root logger stays at WARNING: onnxruntime's optimizer and quantizer log their chatter through it (and
+    # through "onnx_model", "fusion_*"). Our own progress lines come from the "export" and "model" loggers. (Setting
+    # getLogger("root") to WARNING, as this did before, silences everything: that name *is* the root logger.)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for ours in ("export", "model"):
+        logging.getLogger(ours).setLevel(logging.INFO)
     args = parse_args(argv)
     by_name = args.model in KNOWN_MODELS and not Path(args.model).is_dir()
     try:

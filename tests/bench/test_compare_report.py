@@ -97,6 +97,7 @@ def test_write_docs_replaces_only_the_generated_block(tmp_path: Path) -> None:
 def test_newest_picks_the_latest_stamp(tmp_path: Path) -> None:
     for stamp in ("20261203-235959", "20261204-000001", "20261201-120000"):
         (tmp_path / f"compare-{stamp}.json").write_text("{}")
+    (tmp_path / "compare-20261205-000000-an-ab-run.json").write_text("{}")  # not named by its stamp: skipped
     assert compare_report.newest(tmp_path, "compare-*.json").name == "compare-20261204-000001.json"
 
 
