@@ -350,13 +350,19 @@ def versions() -> dict[str, str]:
 
 
 def machine() -> dict[str, Any]:
-    model_name = ""
+    """The CPU as /proc/cpuinfo names it, with its family/model and SIMD flags: VMs of one name ("AMD EPYC") have
+    been Zen 3 (AVX2) and Zen 5 (AVX-512, VNNI) on different days, and the two rank the libraries differently."""
+    fields: dict[str, str] = {}
     with open("/proc/cpuinfo") as cpuinfo:
         for line in cpuinfo:
-            if line.startswith("model name"):
-                model_name = line.split(":", 1)[1].strip()
-                break
-    return {"cpus": os.cpu_count(), "cpu_model": model_name, "platform": platform.platform(),
+            key, _, value = line.partition(":")
+            if not line.strip():
+                break  # the first processor's block is enough
+            fields.setdefault(key.strip(), value.strip())
+    simd = sorted(f for f in fields.get("flags", "").split() if f.startswith(("avx", "amx")) or "vnni" in f)
+    return {"cpus": os.cpu_count(), "cpu_model": fields.get("model name", ""),
+            "cpu_family": fields.get("cpu family", ""), "cpu_model_number": fields.get("model", ""),
+            "simd_flags": simd, "platform": platform.platform(),
             "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)}
 
 

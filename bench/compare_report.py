@@ -267,9 +267,9 @@ def wrk_cost_lines(section: dict[str, Any]) -> list[str]:
             if (r := row_for(section, system + WRK, sc)) and r.get("client_cpu_seconds") is not None]
     if not rows:
         return []
-    return ["Client cost: wrk used " + ", ".join(
-        f"{r['client_cpu_seconds'] / r['seconds']:.0%} of one core ({system} {sc})" for system, sc, r in rows)
-        + " while it ran."]
+    shares = [r["client_cpu_seconds"] / r["seconds"] for _, _, r in rows if r["seconds"]]
+    return [f"Client cost: wrk used {min(shares):.1%}–{max(shares):.1%} of one core while it ran "
+            f"({len(shares)} runs; the Python client runs in the harness's own process, its cost is not separated)."]
 
 
 def target_rows(judged: list[dict[str, Any]], per_round: list[list[float | None]], model: str) -> list[str]:
@@ -374,7 +374,10 @@ def docs_block(report: dict[str, Any], source: Path) -> str:
              f"Source: `{source.relative_to(REPO) if source.is_relative_to(REPO) else source}` (git "
              f"{report.get('git', '?')}, started {report.get('started_utc', '?')}, "
              f"{report.get('total_seconds', 0) / 60:.0f} min). Command: `{report['command']}`.", "",
-             f"Machine: {machine['cpus']} CPUs, {machine['cpu_model']}, {machine['memory_gib']} GiB, "
+             f"Machine: {machine['cpus']} CPUs, {machine['cpu_model']}"
+             + (f" (family {machine['cpu_family']} model {machine['cpu_model_number']}, SIMD "
+                f"{' '.join(machine.get('simd_flags', [])) or 'none listed'})" if machine.get("cpu_family") else "")
+             + f", {machine['memory_gib']} GiB, "
              f"{machine['platform']}. Ours: {shown}.", ""]
     if infinity:
         lines += ["Infinity venv: " + ", ".join(f"{k} {v}" for k, v in infinity.items())
