@@ -54,6 +54,7 @@ import numpy as np
 
 from bench import roofline
 from bench.closed_loop import Request, closed_loop
+from bench.compare import cosines, machine, token_counts
 from bench.corpus import sentences
 from bench.proc_rss import tree_rss_bytes
 from bench.random_checkpoints import QWEN3_TOKENIZER_CONFIG, qwen3_tokenizer, save_sentence_transformer
@@ -153,17 +154,6 @@ def export(checkpoint: Path, out_dir: Path) -> dict[str, Any]:
             "inputs_sha256": manifest["export"]["inputs_sha256"]}
 
 
-def token_counts(artifact: Path, texts: list[str]) -> list[int]:
-    """Tokens per text with special tokens, truncated at the artifact's window, by the artifact's own tokenizer:
-    what the server computes on, counted client side."""
-    from tokenizers import Tokenizer
-
-    manifest = json.loads((artifact / "manifest.json").read_text())
-    tokenizer = Tokenizer.from_file(str(artifact / "tokenizer.json"))
-    tokenizer.enable_truncation(manifest["max_seq_length"])
-    return [len(e.ids) for e in tokenizer.encode_batch(texts)]
-
-
 def embeddings_of(url: str, model: str, texts: list[str]) -> np.ndarray:
     response = httpx.post(f"{url}{ROUTE}", json={"input": texts, "model": model, "encoding_format": "float"},
                           timeout=300.0)
@@ -201,26 +191,9 @@ def measure_variant(variant: str, model: str, requests: list[Request], held_out:
     return result
 
 
-def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    a = a / np.linalg.norm(a, axis=1, keepdims=True)
-    b = b / np.linalg.norm(b, axis=1, keepdims=True)
-    return np.sum(a * b, axis=1)
-
-
 def sent_tokens(requests: list[Request], sent: int, tokens: list[list[int]]) -> list[int]:
     """Token lengths of every sentence of the first `sent` requests: closed_loop sends requests[i % len] in order."""
     return [t for i in range(sent) for t in tokens[i % len(requests)]]
-
-
-def machine() -> dict[str, Any]:
-    cpu_model = ""
-    with open("/proc/cpuinfo") as cpuinfo:
-        for line in cpuinfo:
-            if line.startswith("model name"):
-                cpu_model = line.split(":", 1)[1].strip()
-                break
-    return {"cpus": os.cpu_count(), "cpu_model": cpu_model, "platform": platform.platform(),
-            "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)}
 
 
 def versions() -> dict[str, str]:
