@@ -48,13 +48,21 @@ class Reply:
     body: bytes
     seconds: float
     wave: int = 0  # the client's k-th request: wave 0 is the simultaneous burst itself
+    inputs: int = 1  # sentences the request carried
+    done_at: float = 0.0  # perf_counter() when the reply was complete
 
 
 @dataclass
 class Results:
     replies: list[Reply] = field(default_factory=list)
     failures: Counter[str] = field(default_factory=Counter)  # transport errors and timeouts, by kind
-    health: list[tuple[int, float]] = field(default_factory=list)
+    probes: dict[str, list[tuple[int, float]]] = field(default_factory=dict)  # path -> (status, seconds)
+    small: list[Reply] = field(default_factory=list)  # the single-sentence requests sent during the burst
+    reconnects: int = 0  # keep-alive connections the server closed while their client slept, opened again
+
+    @property
+    def health(self) -> list[tuple[int, float]]:
+        return self.probes.get("/health", [])
 
 
 async def request(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, raw: bytes) -> Reply:
@@ -67,7 +75,8 @@ async def request(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, ra
     status = int(lines[0].split()[1])
     headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:] if line)}
     body = await reader.readexactly(int(headers.get("content-length", "0")))
-    return Reply(status, headers, body, time.perf_counter() - t0)
+    done = time.perf_counter()
+    return Reply(status, headers, body, done - t0, done_at=done)
 
 
 def post(path: str, body: dict[str, Any]) -> bytes:
@@ -76,10 +85,32 @@ def post(path: str, body: dict[str, Any]) -> bytes:
             f"Content-Length: {len(data)}\r\n\r\n").encode() + data
 
 
-GET_HEALTH = b"GET /health HTTP/1.1\r\nHost: bench\r\n\r\n"
+def get(path: str) -> bytes:
+    return f"GET {path} HTTP/1.1\r\nHost: bench\r\n\r\n".encode()
 
 
-async def one_client(host: str, port: int, bodies: list[bytes], go: asyncio.Event, deadline_s: float,
+GET_HEALTH = get("/health")
+PROBE_PATHS = ("/health", "/ready", "/metrics")
+
+
+def embed_body(texts: list[str]) -> bytes:
+    """The request a burst client sends: OpenAI's /v1/embeddings, whose `usage` counts the tokens served."""
+    return post("/v1/embeddings", {"input": texts[0] if len(texts) == 1 else texts})
+
+
+@dataclass(frozen=True)
+class ClientPlan:
+    """What one burst client does: `bodies` in turn (cycling when the burst has a duration), until `until`
+    (perf_counter; None: each body once), sleeping Retry-After after a 429/503 when `honor_retry_after`."""
+
+    bodies: list[bytes]
+    inputs: int
+    until: float | None = None
+    honor_retry_after: bool = False
+    max_sleep_s: float = 5.0
+
+
+async def one_client(host: str, port: int, plan: ClientPlan, go: asyncio.Event, deadline_s: float,
                      out: Results) -> None:
     try:
         reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 30)
@@ -88,33 +119,85 @@ async def one_client(host: str, port: int, bodies: list[bytes], go: asyncio.Even
         return
     try:
         await go.wait()
-        for wave, raw in enumerate(bodies):
+        wave = 0
+        idle = False  # the connection sat unused (Retry-After): the server may have closed it (keep-alive timeout)
+        while True:
+            if plan.until is None and wave >= len(plan.bodies):
+                return
+            if plan.until is not None and time.perf_counter() >= plan.until:
+                return
+            raw = plan.bodies[wave % len(plan.bodies)]
             try:
                 reply = await asyncio.wait_for(request(reader, writer, raw), deadline_s)
             except TimeoutError:
                 out.failures["past_deadline"] += 1
                 return
-            except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError, IndexError) as exc:
-                out.failures[f"transport_or_malformed:{type(exc).__name__}"] += 1
+            except (OSError, asyncio.IncompleteReadError) as exc:
+                if not idle:
+                    out.failures[f"transport:{type(exc).__name__}"] += 1
+                    return
+                # What an HTTP client library does with a keep-alive connection the server closed while it
+                # slept: open a new one and send again (nothing was answered on the old one).
+                writer.close()
+                out.reconnects += 1
+                idle = False
+                try:
+                    reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 30)
+                except (OSError, TimeoutError) as exc2:
+                    out.failures[f"connect:{type(exc2).__name__}"] += 1
+                    return
+                continue
+            except (asyncio.LimitOverrunError, ValueError, IndexError) as exc:
+                out.failures[f"malformed:{type(exc).__name__}"] += 1
                 return
-            reply.wave = wave
+            idle = False
+            reply.wave, reply.inputs = wave, plan.inputs
             out.replies.append(reply)
+            wave += 1
             if reply.headers.get("connection", "").lower() == "close":
                 return
+            if plan.honor_retry_after and reply.status in (429, 503):
+                pause = min(float(reply.headers.get("retry-after", "1") or 1), plan.max_sleep_s)
+                if plan.until is not None:
+                    pause = min(pause, max(0.0, plan.until - time.perf_counter()))
+                await asyncio.sleep(pause)
+                idle = pause > 0
     finally:
         writer.close()
 
 
-async def prober(host: str, port: int, stop: asyncio.Event, out: Results) -> None:
+async def prober(host: str, port: int, path: str, stop: asyncio.Event, out: Results,
+                 interval_s: float = 0.05) -> None:
+    """GET `path` every `interval_s` on a connection of its own, recording (status, seconds); 0 = timed out."""
+    reader, writer = await asyncio.open_connection(host, port)
+    raw = get(path)
+    series = out.probes.setdefault(path, [])
+    try:
+        while not stop.is_set():
+            try:
+                reply = await asyncio.wait_for(request(reader, writer, raw), 10)
+                series.append((reply.status, reply.seconds))
+            except TimeoutError:
+                series.append((0, 10.0))
+                return  # the connection is in an unknown state now
+            await asyncio.sleep(interval_s)
+    finally:
+        writer.close()
+
+
+async def small_requester(host: str, port: int, raw: bytes, stop: asyncio.Event, out: Results,
+                          interval_s: float = 0.25) -> None:
+    """A single-sentence client during the burst, on its own connection: is a small request still served fast?"""
     reader, writer = await asyncio.open_connection(host, port)
     try:
         while not stop.is_set():
             try:
-                reply = await asyncio.wait_for(request(reader, writer, GET_HEALTH), 10)
-                out.health.append((reply.status, reply.seconds))
+                reply = await asyncio.wait_for(request(reader, writer, raw), 30)
             except TimeoutError:
-                out.health.append((0, 10.0))
-            await asyncio.sleep(0.05)
+                out.failures["small_past_deadline"] += 1
+                return
+            out.small.append(reply)
+            await asyncio.sleep(interval_s)
     finally:
         writer.close()
 
@@ -134,10 +217,43 @@ async def queue_depth(host: str, port: int) -> float:
         reply = await request(reader, writer, b"GET /metrics HTTP/1.1\r\nHost: bench\r\n\r\n")
     finally:
         writer.close()
+    depth = 0.0
+    found = False
     for line in reply.body.decode().splitlines():
-        if line.startswith("embed_queue_depth{"):  # one model: one labelled series
-            return float(line.split()[1])
-    return -1.0
+        if line.startswith("embed_queue_depth{"):  # one labelled series per model: the sum is the server's
+            depth += float(line.split()[1])
+            found = True
+    return depth if found else -1.0
+
+
+async def calm_baseline(host: str, port: int, bodies: list[bytes], inputs: int, clients: int,
+                        seconds: float) -> dict[str, Any]:
+    """The server's throughput for the burst's request shape with a few closed-loop clients, just before it."""
+    out = Results()
+    go = asyncio.Event()
+    until = time.perf_counter() + seconds + 0.2
+    tasks = [asyncio.create_task(one_client(host, port, ClientPlan(bodies[c::clients], inputs, until=until), go,
+                                            60.0, out)) for c in range(clients)]
+    await asyncio.sleep(0.2)
+    t0 = time.perf_counter()
+    go.set()
+    await asyncio.gather(*tasks)
+    wall = time.perf_counter() - t0
+    ok = [r for r in out.replies if r.status == 200]
+    tokens = sum(_prompt_tokens(r) for r in ok)
+    return {"clients": clients, "seconds": round(wall, 2), "requests_200": len(ok),
+            "non_200": len(out.replies) - len(ok), "sentences_per_s": round(sum(r.inputs for r in ok) / wall, 1),
+            "tokens_per_s": round(tokens / wall, 1),
+            "latency_ms": {"p50": _ms([r.seconds for r in ok], 50), "p99": _ms([r.seconds for r in ok], 99)}}
+
+
+def _prompt_tokens(reply: Reply) -> int:
+    """Tokens the server counted for a 200 (OpenAI's usage); TEI's /embed reply carries none (0)."""
+    try:
+        body = json.loads(reply.body)
+    except ValueError:
+        return 0
+    return int(body.get("usage", {}).get("prompt_tokens", 0)) if isinstance(body, dict) else 0
 
 
 def _ms(values_s: list[float], q: float) -> float | None:
@@ -145,7 +261,7 @@ def _ms(values_s: list[float], q: float) -> float | None:
 
 
 def health_summary(probes: list[tuple[int, float]]) -> dict[str, Any]:
-    """The /health prober's (status, seconds) replies, 0 for a timeout: latency over the 200s, the rest counted."""
+    """A prober's (status, seconds) replies, 0 for a timeout: latency over the 200s, the rest counted."""
     ok, non_200 = split_replies(probes)
     return {"probes": len(probes), "non_200": sum(non_200.values()),
             "non_200_by_status": {str(k): v for k, v in non_200.items()},
@@ -167,115 +283,222 @@ def is_good_error(reply: Reply) -> bool:
             and int(reply.headers.get("retry-after", "0")) >= 1)
 
 
+def _error_code(reply: Reply) -> str:
+    try:
+        body = json.loads(reply.body)
+    except ValueError:
+        return "?"
+    err = body.get("error") if isinstance(body, dict) else None
+    if isinstance(err, dict):
+        return str(err.get("code"))
+    return str(body.get("error_type", "?")) if isinstance(body, dict) else "?"
+
+
 async def run_burst(host: str, port: int, args: argparse.Namespace) -> dict[str, Any]:
-    texts = sentences(args.clients * args.requests_per_client, seed=3, profile="mixed")
-    normal = post("/embed", {"inputs": "a normal request before and after the burst"})
+    k = args.inputs_per_request
+    n_bodies = args.clients * args.requests_per_client
+    texts = sentences(n_bodies * k + args.calm_clients * 64 * k, seed=3, profile="mixed")
+    burst_texts, calm_texts = texts[:n_bodies * k], texts[n_bodies * k:]
+    normal = embed_body(["a normal request before and after the burst"])
+    small = post("/v1/embeddings", {"input": "a small request during the burst"})
     base = sorted([(await single_latency(host, port, normal))[1] for _ in range(5)])[2]
+    calm_small = sorted([(await single_latency(host, port, small))[1] for _ in range(9)])
+    calm = None
+    if args.calm_seconds > 0:
+        calm_bodies = [embed_body(calm_texts[i * k:(i + 1) * k]) for i in range(len(calm_texts) // k)]
+        calm = await calm_baseline(host, port, calm_bodies, k, args.calm_clients, args.calm_seconds)
+        calm["small_request_ms_p50"] = round(calm_small[len(calm_small) // 2] * 1000, 1)
     out = Results()
     go, stop = asyncio.Event(), asyncio.Event()
     deadline_s = args.queue_timeout_s + args.deadline_slack_s
-    bodies = [[post("/embed", {"inputs": texts[c * args.requests_per_client + k]})
-               for k in range(args.requests_per_client)] for c in range(args.clients)]
-    clients = [asyncio.create_task(one_client(host, port, bodies[c], go, deadline_s, out))
-               for c in range(args.clients)]
+    per = args.requests_per_client
+    bodies = [[embed_body(burst_texts[(c * per + j) * k:(c * per + j + 1) * k]) for j in range(per)]
+              for c in range(args.clients)]
+    t_start = time.perf_counter() + args.connect_seconds
+    until = t_start + args.burst_seconds if args.burst_seconds > 0 else None
+    clients = [asyncio.create_task(one_client(
+        host, port, ClientPlan(bodies[c], k, until=until, honor_retry_after=args.honor_retry_after), go,
+        deadline_s, out)) for c in range(args.clients)]
     await asyncio.sleep(args.connect_seconds)  # let the connections open first: the burst is the requests
-    probe = asyncio.create_task(prober(host, port, stop, out))
+    side = [asyncio.create_task(prober(host, port, path, stop, out)) for path in PROBE_PATHS]
+    side.append(asyncio.create_task(small_requester(host, port, small, stop, out)))
     t0 = time.perf_counter()
     go.set()
     await asyncio.gather(*clients)
     burst_s = time.perf_counter() - t0
     stop.set()
-    await probe
-    # Recovery: the queue empties and a normal request is about as fast as before the burst.
+    await asyncio.gather(*side)
+    # Recovery: a normal request is about as fast as before the burst; drained: the queue is empty too.
     t_end = time.perf_counter()
-    recovered_after = None
-    while time.perf_counter() - t_end < args.recovery_limit_s * 3:
+    recovered_after = drained_after = None
+    while time.perf_counter() - t_end < args.recovery_limit_s * 3 and drained_after is None:
         status, seconds = await single_latency(host, port, normal)
-        if status == 200 and seconds <= max(3 * base, base + 0.05) and await queue_depth(host, port) == 0:
+        fast = status == 200 and seconds <= max(3 * base, base + 0.05)
+        if fast and recovered_after is None:
             recovered_after = time.perf_counter() - t_end
-            break
+        if fast and await queue_depth(host, port) == 0:
+            drained_after = time.perf_counter() - t_end
         await asyncio.sleep(0.1)
 
     statuses = Counter(r.status for r in out.replies)
+    codes = Counter(f"{r.status}:{_error_code(r)}" for r in out.replies if r.status != 200)
     rejected = [r for r in out.replies if r.status in (429, 503)]
     ok = [r.seconds for r in out.replies if r.status == 200]
     rej = [r.seconds for r in rejected]
     rej_first = [r.seconds for r in rejected if r.wave == 0]
     rej_later = [r.seconds for r in rejected if r.wave > 0]
     pct = _ms
+    not_refused = [r for r in out.replies if r.status != 429]
+    window_s = args.burst_seconds if until is not None else burst_s
+    window_end = t0 + window_s
+    good = sum(r.inputs for r in out.replies if r.status == 200 and r.done_at <= window_end)
+    small_ok = [r.seconds for r in out.small if r.status == 200]
 
-    return {
+    report: dict[str, Any] = {
         "clients": args.clients,
         "requests_per_client": args.requests_per_client,
+        "inputs_per_request": k,
         "replies": len(out.replies),
         "statuses": {str(k): v for k, v in sorted(statuses.items())},
+        "error_codes": dict(sorted(codes.items())),
         "other_statuses": sum(v for k, v in statuses.items() if k not in (200, 429, 503)),
         "bad_error_replies": sum(not is_good_error(r) for r in rejected),
         "failures": dict(out.failures),
+        "reconnects": out.reconnects,
         "burst_seconds": round(burst_s, 2),
+        "admitted_finished_share": round(statuses.get(200, 0) / len(not_refused), 4) if not_refused else None,
+        "goodput_sentences_per_s": round(good / window_s, 1),
         "ok_latency_ms": {"p50": pct(ok, 50), "p99": pct(ok, 99), "max": pct(ok, 100)},
         "reject_latency_ms": {"p50": pct(rej, 50), "p99": pct(rej, 99), "max": pct(rej, 100)},
         "reject_latency_first_wave_ms": {"n": len(rej_first), "p50": pct(rej_first, 50), "p99": pct(rej_first, 99)},
         "reject_latency_later_waves_ms": {"n": len(rej_later), "p50": pct(rej_later, 50), "p99": pct(rej_later, 99)},
         "health": health_summary(out.health),
+        "probes": {path: health_summary(series) for path, series in out.probes.items()},
+        "small_requests": {"sent": len(out.small), "ok": len(small_ok),
+                           "statuses": dict(Counter(str(r.status) for r in out.small)),
+                           "p50_ms": pct(small_ok, 50), "p90_ms": pct(small_ok, 90), "max_ms": pct(small_ok, 100)},
         "baseline_request_ms": round(base * 1000, 1),
         "recovered_after_s": None if recovered_after is None else round(recovered_after, 2),
+        "drained_after_s": None if drained_after is None else round(drained_after, 2),
     }
+    if calm is not None:
+        report["calm"] = calm
+        report["goodput_vs_calm"] = round(report["goodput_sentences_per_s"] / calm["sentences_per_s"], 3) \
+            if calm["sentences_per_s"] else None
+        # "One batch": a full token budget at the calm token rate.
+        report["one_batch_ms"] = round(args.max_batch_tokens / calm["tokens_per_s"] * 1000, 1) \
+            if calm["tokens_per_s"] else None
+    return report
 
 
 def evaluate(report: dict[str, Any], args: argparse.Namespace) -> dict[str, bool]:
-    expected = args.clients * args.requests_per_client
     reject_p99 = report["reject_latency_ms"]["p99"]
-    return {
-        "every_reply_200_429_503": report["other_statuses"] == 0 and report["replies"] == expected,
+    checks = {
+        "every_reply_200_429_503": report["other_statuses"] == 0 and (
+            args.burst_seconds > 0 or report["replies"] == args.clients * args.requests_per_client),
         "errors_json_with_retry_after": report["bad_error_replies"] == 0,
         "nothing_past_deadline": not report["failures"],
         "rejections_fast": reject_p99 is None or reject_p99 <= args.reject_p99_ms,
-        "health_fast": report["health"]["non_200"] == 0 and (report["health"]["p99_ms"] or 0) <= args.health_p99_ms,
         "recovered": report["recovered_after_s"] is not None and report["recovered_after_s"] <= args.recovery_limit_s,
     }
+    for path, summary in report["probes"].items():
+        checks[f"probe_fast:{path}"] = summary["non_200"] == 0 and (summary["p99_ms"] or 0) <= args.health_p99_ms
+    if args.min_admitted_share > 0:
+        share = report["admitted_finished_share"]
+        checks["admitted_finished"] = share is not None and share >= args.min_admitted_share
+    if args.min_goodput_ratio > 0 and "goodput_vs_calm" in report:
+        checks["goodput_held"] = (report["goodput_vs_calm"] or 0) >= args.min_goodput_ratio
+    if args.small_check and report.get("one_batch_ms") is not None:
+        small = report["small_requests"]
+        limit = 2 * report["calm"]["small_request_ms_p50"] + report["one_batch_ms"]
+        checks["small_requests_fair"] = small["ok"] > 0 and (small["p50_ms"] or 0) <= limit
+    return checks
 
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--artifact-dir", default=str(REPO / "artifacts" / "all-MiniLM-L6-v2"))
     p.add_argument("--url", help="an already running server (host:port taken from it); else one is started")
+    p.add_argument("--case", choices=sorted(CASES), help="a recorded case: sets the options below it names")
     p.add_argument("--clients", type=int, default=1000)
     p.add_argument("--requests-per-client", type=int, default=3)
-    p.add_argument("--max-queue-size", type=int, default=256)
-    p.add_argument("--queue-timeout-s", type=float, default=10.0)
-    p.add_argument("--intra-op-threads", type=int, default=0, help="EMBED_INTRA_OP_THREADS (0: onnxruntime's)")
+    p.add_argument("--inputs-per-request", type=int, default=1, help="sentences per request (>1: /v1/embeddings)")
+    p.add_argument("--burst-seconds", type=float, default=0.0,
+                   help="keep every client sending for this long (0: each sends its requests once)")
+    p.add_argument("--honor-retry-after", action="store_true", help="a refused client sleeps Retry-After")
+    p.add_argument("--calm-seconds", type=float, default=0.0, help="measure calm throughput first (0: skip)")
+    p.add_argument("--calm-clients", type=int, default=4)
+    p.add_argument("--max-batch-tokens", type=int, default=2048, help="the server's (for 'one batch' time)")
+    p.add_argument("--max-queue-size", type=int, default=None, help="EMBED_MAX_QUEUE_SIZE (unset: the default)")
+    p.add_argument("--queue-timeout-s", type=float, default=10.0, help="the server's EMBED_QUEUE_TIMEOUT_S")
+    p.add_argument("--intra-op-threads", type=int, default=None, help="EMBED_INTRA_OP_THREADS (unset: default)")
     p.add_argument("--deadline-slack-s", type=float, default=5.0)
     p.add_argument("--connect-seconds", type=float, default=2.0)
     p.add_argument("--reject-p99-ms", type=float, default=100.0)
-    p.add_argument("--health-p99-ms", type=float, default=500.0)
+    p.add_argument("--health-p99-ms", type=float, default=500.0, help="bound on /health, /ready, /metrics p99")
     p.add_argument("--recovery-limit-s", type=float, default=5.0)
+    p.add_argument("--min-admitted-share", type=float, default=0.0, help="check: 200s / replies not 429")
+    p.add_argument("--min-goodput-ratio", type=float, default=0.0, help="check: burst goodput / calm throughput")
+    p.add_argument("--small-check", action="store_true",
+                   help="check: small requests' p50 <= 2 x calm p50 + one batch")
+    p.add_argument("--env", action="append", default=[], help="extra NAME=VALUE for the server (A/B runs)")
     p.add_argument("--out", default=str(REPO / "bench" / "results"))
     return p
+
+
+# The recorded cases (issue 17), at the shipped defaults: the options each sets.
+CASES: dict[str, list[str]] = {
+    "burst16": ["--clients", "800", "--requests-per-client", "1", "--inputs-per-request", "16",
+                "--burst-seconds", "15", "--honor-retry-after", "--calm-seconds", "6", "--reject-p99-ms", "1000",
+                "--recovery-limit-s", "2", "--min-admitted-share", "0.95", "--min-goodput-ratio", "0.7",
+                "--small-check"],
+    "burst1": ["--clients", "1000", "--requests-per-client", "3", "--inputs-per-request", "1",
+               "--burst-seconds", "15", "--honor-retry-after", "--calm-seconds", "6", "--reject-p99-ms", "1000",
+               "--recovery-limit-s", "2", "--min-admitted-share", "0.95", "--min-goodput-ratio", "0.7",
+               "--small-check"],
+}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The options, a `--case`'s defaults first so that options given after it still win."""
+    import sys
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    first = parser().parse_known_args(argv)[0]
+    return parser().parse_args((CASES[first.case] if first.case else []) + argv)
 
 
 def main() -> int:
     from bench.server_process import running_server
 
-    args = parser().parse_args()
+    args = parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per request costs client CPU
-    env = {
-        "EMBED_ARTIFACT_DIR": args.artifact_dir,
-        "EMBED_MAX_QUEUE_SIZE": str(args.max_queue_size),
-        "EMBED_QUEUE_TIMEOUT_S": str(args.queue_timeout_s),
-        "EMBED_INTRA_OP_THREADS": str(args.intra_op_threads),
-    }
-    with running_server(env) as (url, _pid):
-        host, port = url.removeprefix("http://").split(":")
+    env = {"EMBED_ARTIFACT_DIR": args.artifact_dir, "EMBED_QUEUE_TIMEOUT_S": str(args.queue_timeout_s)}
+    if args.max_queue_size is not None:
+        env["EMBED_MAX_QUEUE_SIZE"] = str(args.max_queue_size)
+    if args.intra_op_threads is not None:
+        env["EMBED_INTRA_OP_THREADS"] = str(args.intra_op_threads)
+    env.update(item.split("=", 1) for item in args.env)
+    log.info("case %s: %d clients x %d requests of %d sentences; server env %s", args.case, args.clients,
+             args.requests_per_client, args.inputs_per_request, env)
+    if args.url:
+        host, port = args.url.removeprefix("http://").rstrip("/").split(":")
         report = asyncio.run(run_burst(host, int(port), args))
+        env = {"note": "an already running server: its settings are not known here"}
+    else:
+        with running_server(env) as (url, _pid):
+            host, port = url.removeprefix("http://").split(":")
+            report = asyncio.run(run_burst(host, int(port), args))
     report["checks"] = evaluate(report, args)
     report["config"] = {k: v for k, v in vars(args).items() if k not in ("out", "url")}
+    report["server_env"] = env
     report["machine"] = {"cpus": os.cpu_count(), "platform": platform.platform(),
                          "note": "shared 2-core box; client and server on the same cores"}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    path = out / f"overload-{args.clients}-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    name = args.case or str(args.clients)
+    path = out / f"overload-{name}-{time.strftime('%Y%m%d-%H%M%S')}.json"
     path.write_text(json.dumps(report, indent=1))
     log.info("%s\nwritten to %s", json.dumps(report, indent=1), path)
     return 0 if all(report["checks"].values()) else 1

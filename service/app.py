@@ -67,7 +67,10 @@ def create_app(settings: Settings, *, models: Sequence[LoadedModel] | None = Non
     metrics = Metrics()
     registry = build_registry(models if models is not None else load_models(settings), settings, metrics)
     lifecycle = Lifecycle()
-    door = Door(registry.check_capacity, lambda: lifecycle.ready, metrics)
+    # A small request's body: its tokens at ~6 bytes each (English averages ~4.5 characters a token, JSON
+    # escapes add some) plus the JSON around them.
+    small_body = settings.small_request_tokens * 6 + 256 if settings.small_request_tokens else 0
+    door = Door(registry.check_capacity, lambda: lifecycle.ready, metrics, small_body_bytes=small_body)
     context = AppContext(settings=settings, metrics=metrics, models=registry, lifecycle=lifecycle, door=door)
 
     @asynccontextmanager

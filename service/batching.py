@@ -42,6 +42,7 @@ from typing import Any, Generic, Protocol, TypeVar
 
 import numpy as np
 
+from service.admission import WorkEstimate
 from service.errors import InferenceError, QueueFullError, QueueTimeoutError, ServiceError, UnavailableError
 
 logger = logging.getLogger(__name__)
@@ -51,6 +52,11 @@ logger = logging.getLogger(__name__)
 # requests arriving together already bring the window back.
 _LONE_ROWS = 1.5
 _ROWS_SMOOTHING = 0.2
+# A batch chooses its rows among the oldest pending items worth this many full batches of tokens.
+_POOL_BATCHES = 4
+# A small request is admitted while the small lane's wait (the running batch included) is under this many
+# full batches' time.
+_SMALL_LANE_BATCHES = 1.5
 
 PreparedT = TypeVar("PreparedT")  # a runner's padded batch: made by its `prepare`, consumed by its `execute`
 ResultT = TypeVar("ResultT")  # a runner's per-row result (`service.runner.RowResult`)
@@ -125,6 +131,20 @@ class BatcherConfig:
     adaptive_window: bool = False
     max_queue_size: int = 2048  # admitted inputs not yet settled
     queue_timeout_s: float = 10.0
+    # Deadline-aware admission (service/admission.py): admit a request only if the work ahead of it plus its own
+    # can start within this share of queue_timeout_s at the throughput measured now. None counts queue slots
+    # only (a bare BatcherConfig's default; the server sets it from EMBED_ADMISSION_DEADLINE_SHARE).
+    deadline_share: float | None = None
+    # The work of one row padded to a width, in the cost model's units, and the seconds per unit before any
+    # batch has finished (the start-up warm-up's timing); see service/admission.py.
+    row_units: Callable[[str, int], float] = field(default=lambda graph, width: float(width), repr=False,
+                                                   compare=False)
+    prior_s_per_unit: float | None = None
+    # A request of one input, or of at most this many tokens in all, is small: when small requests wait, they
+    # run in a batch of their own before the next queued batch (once between two batches), so a burst of big
+    # requests does not hold a one-sentence request behind seconds of work. 0 (a bare BatcherConfig's default):
+    # no small lane; the server sets EMBED_SMALL_REQUEST_TOKENS.
+    small_request_tokens: int = 0
     watchdog_timeout_s: float = 30.0
     # The width the runner really pads a batch to, given its longest row (OnnxRunner.padded_width rounds up to
     # a multiple of 8): the token budget is checked against it, so a 2,048-token budget never runs 2,240.
@@ -137,6 +157,8 @@ class BatcherConfig:
             raise ValueError("padding_slack_tokens must be >= 0")
         if self.max_wait_ms < 0 or self.queue_timeout_s <= 0 or self.watchdog_timeout_s <= 0:
             raise ValueError("max_wait_ms must be >= 0; queue_timeout_s and watchdog_timeout_s must be > 0")
+        if self.deadline_share is not None and not 0 < self.deadline_share <= 1:
+            raise ValueError("deadline_share must be in (0, 1]")
 
 
 @dataclass(frozen=True)
@@ -214,6 +236,7 @@ class _Request(Generic[ResultT]):
     done: asyncio.Future[None]
     items: list[_Item[ResultT]] = field(default_factory=list)
     timer: asyncio.TimerHandle | None = None
+    small: bool = False  # may run in the small lane (BatcherConfig.small_request_tokens)
 
 
 @dataclass(eq=False)
@@ -224,6 +247,7 @@ class _Item(Generic[ResultT]):
     token_ids: np.ndarray
     graph: str
     enqueued_at: float
+    units: float = 0.0  # its work in the cost model's units (unpadded)
     state: _State = _State.PENDING
 
     @property
@@ -235,6 +259,7 @@ class _Item(Generic[ResultT]):
 class _Batch(Generic[ResultT]):
     graph: str
     items: list[_Item[ResultT]]
+    formed_at: float = field(default_factory=time.monotonic)
 
 
 @dataclass
@@ -277,6 +302,12 @@ class Batcher(Generic[PreparedT, ResultT]):
         self._executing = 0  # batches on the inference thread
         self._last_progress = time.monotonic()
         self._items_per_s = 0.0  # smoothed throughput, for Retry-After
+        self._estimate = WorkEstimate(config.row_units, config.prior_s_per_unit)
+        self._queued_units: dict[str, float] = {}  # per graph: items submitted and not yet computing
+        self._small_units: dict[str, float] = {}  # the part of those that small requests queued
+        self._executing_until = 0.0  # monotonic time the batch on the inference thread should finish
+        self._last_batch_end = 0.0
+        self._small_turn_taken = False  # a small-lane batch ran since the last regular one
         self._recent_rows = 1.0  # smoothed rows per batch: the adaptive window's evidence that waiting pays
         self._failed_batches_in_row = 0  # batches whose every row failed, since the last row that worked
         self._started = self._stopping = self._closed = False
@@ -340,40 +371,66 @@ class Batcher(Generic[PreparedT, ResultT]):
 
     # ---- admission and submission
 
-    def check_capacity(self, requests_at_door: int = 0) -> None:
+    def check_capacity(self, requests_at_door: int = 0, *, small: bool = False) -> None:
         """Raise what `try_admit(1)` would, without reserving: lets a route refuse before reading the body.
 
         `requests_at_door` counts requests already let in but not yet answered. Each will reserve at least one
         slot once its body is parsed, so when they alone fill the queue a newcomer would be refused anyway:
         refusing it now, before it costs a body read and a JSON parse, keeps rejections fast in a burst.
+        `small`: the newcomer may be a small request (its body is short), priced at the small lane's backlog.
         """
         if not self.accepting:
             raise UnavailableError(self._unavailable_reason() or "the batcher is not accepting work")
         if max(self._reserved, requests_at_door) >= self._cfg.max_queue_size:
             raise QueueFullError("the server is at capacity; retry later", retry_after_s=self._retry_after_s())
+        small = small and self._cfg.small_request_tokens > 0
+        budget = self._deadline_budget_s(small=small)
+        if budget is None:
+            return
+        backlog = self.backlog_s(small=small)
+        if backlog is None:
+            return
+        per_request = self._estimate.request_units()
+        if per_request is not None and not small:
+            backlog = max(backlog, self._estimate.typical_seconds(requests_at_door * per_request) or 0.0)
+        if backlog > budget:
+            raise QueueFullError("the server is at capacity; retry later",
+                                 retry_after_s=_clamp_retry(backlog - budget))
 
     @property
     def max_queue_size(self) -> int:
         return self._cfg.max_queue_size
 
-    def try_admit(self, n_items: int) -> Admission:
-        """Reserve `n_items` queue slots, or raise at once: QueueFullError (429) or UnavailableError (503)."""
+    def try_admit(self, n_items: int, *, enforce_deadline: bool = True) -> Admission:
+        """Reserve `n_items` queue slots, or raise at once: QueueFullError (429) or UnavailableError (503).
+
+        With deadline-aware admission on, inputs not tokenized yet are priced at the mean submitted item's
+        cost (`enforce_deadline=False` skips that, for the health probe)."""
         if n_items < 1:
             raise ValueError("n_items must be >= 1")
         if not self.accepting:
             raise UnavailableError(self._unavailable_reason() or "the batcher is not accepting work")
         if self._reserved + n_items > self._cfg.max_queue_size:
             raise QueueFullError("the server is at capacity; retry later", retry_after_s=self._retry_after_s())
+        per_item = self._estimate.item_units()
+        if per_item is not None and enforce_deadline:
+            small = n_items == 1 and self._cfg.small_request_tokens > 0
+            self._check_deadline(self._estimate.typical_seconds(n_items * per_item), self.backlog_s(small=small),
+                                 small=small)
         self._reserved += n_items
         self._idle.clear()
         self._notify("on_queue_depth", self._reserved)
         return Admission(n_items, self)
 
-    async def submit(self, admission: Admission, items: Sequence[BatchItem]) -> list[ItemOutcome[ResultT]]:
+    async def submit(self, admission: Admission, items: Sequence[BatchItem], *,
+                     enforce_deadline: bool = True) -> list[ItemOutcome[ResultT]]:
         """Queue `items` under `admission` and wait for all of them; outcomes come back in input order.
 
-        If the awaiting task is cancelled (client went away), items not yet computing are dropped and their
-        slots freed; items already in a running batch finish and their results are discarded.
+        With deadline-aware admission on, the tokenized items are priced exactly here: if the work ahead plus
+        theirs cannot start before the queue deadline, nothing is queued and QueueFullError (429) is raised
+        (`enforce_deadline=False` skips that, for the 1-token health probe). If the awaiting task is cancelled
+        (client went away), items not yet computing are dropped and their slots freed; items already in a
+        running batch finish and their results are discarded.
         """
         if admission._batcher is not self:
             raise ValueError("admission belongs to another batcher")
@@ -381,6 +438,12 @@ class Batcher(Generic[PreparedT, ResultT]):
             rows = [TokenRow.of(item.token_ids, item.prompt_length, item.type_ids) for item in items]
             if any(row.ndim != 1 or row.size == 0 for row in rows):
                 raise ValueError("token_ids must be non-empty 1-D arrays")
+            units = [self._estimate.units(item.graph, len(row)) for item, row in zip(items, rows, strict=True)]
+            small_tokens = self._cfg.small_request_tokens
+            small = small_tokens > 0 and (len(rows) == 1 or sum(len(r) for r in rows) <= small_tokens)
+            if enforce_deadline and items:
+                own = sum(self._estimate.seconds(item.graph, u) or 0.0 for item, u in zip(items, units, strict=True))
+                self._check_deadline(own, self.backlog_s(exclude_reserved=admission.held, small=small), small=small)
             admission._take(len(items))
         except BaseException:
             admission.release()
@@ -388,17 +451,18 @@ class Batcher(Generic[PreparedT, ResultT]):
         admission.release()  # slots reserved for inputs that were not submitted after all
         if not items:
             return []
+        self._estimate.observe_request(len(items), sum(units))
         loop = asyncio.get_running_loop()
         now = time.monotonic()
         request: _Request[ResultT] = _Request(outcomes=[None] * len(items), remaining=len(items),
-                                              done=loop.create_future())
+                                              done=loop.create_future(), small=small)
         if self._unsettled == 0 and self._executing == 0:
             self._last_progress = now  # the watchdog counts stalls from when work appears, not idle time
         self._unsettled += len(items)
         self._live.add(request)
-        for index, (item, row) in enumerate(zip(items, rows, strict=True)):
+        for index, (item, row, cost) in enumerate(zip(items, rows, units, strict=True)):
             self._seq += 1
-            entry = _Item(self._seq, request, index, row, item.graph, now)
+            entry = _Item(self._seq, request, index, row, item.graph, now, cost)
             request.items.append(entry)
         if self._dead_reason is not None or self._closed:
             self._answer_all(request, UnavailableError(self._unavailable_reason() or "the batcher is stopped"))
@@ -406,6 +470,9 @@ class Batcher(Generic[PreparedT, ResultT]):
             for entry in request.items:
                 self._pending[entry.seq] = entry
                 self._pending_tokens += entry.length
+                self._queued_units[entry.graph] = self._queued_units.get(entry.graph, 0.0) + entry.units
+                if small:
+                    self._small_units[entry.graph] = self._small_units.get(entry.graph, 0.0) + entry.units
             request.timer = loop.call_later(self._cfg.queue_timeout_s, self._expire, request)
             self._wakeup.set()
         try:
@@ -414,6 +481,69 @@ class Batcher(Generic[PreparedT, ResultT]):
             self._abandon(request)
             raise
         return [outcome for outcome in request.outcomes if outcome is not None]
+
+    # ---- the cost model's view of the queue
+
+    def backlog_s(self, *, exclude_reserved: int = 0, small: bool = False) -> float | None:
+        """Estimated seconds until work admitted now would start computing: the queued items, what the running
+        batch has left, and the inputs admitted but still being tokenized (less `exclude_reserved` of those,
+        the caller's own). None while the cost model knows nothing yet.
+
+        `small`: for a small request, which waits only for the running batch, the small lane's own queue, and
+        one regular batch per small-lane batch ahead of it (the lane takes every other turn)."""
+        total = max(0.0, self._executing_until - time.monotonic()) if self._executing else 0.0
+        if small:
+            small_units = sum(self._small_units.values())
+            regular_units = sum(self._queued_units.values()) - small_units
+            lane = self._estimate.typical_seconds(small_units)
+            one_batch = self._estimate.typical_seconds(min(regular_units, float(self._cfg.max_batch_tokens)))
+            if lane is None or one_batch is None:
+                return None
+            turns = math.floor(small_units / self._cfg.max_batch_tokens)
+            return total + lane + one_batch * turns
+        for graph, units in self._queued_units.items():
+            if units > 0:
+                seconds = self._estimate.seconds(graph, units)
+                if seconds is None:
+                    return None
+                total += seconds
+        tokenizing = self._reserved - self._unsettled - exclude_reserved
+        per_item = self._estimate.item_units()
+        if tokenizing > 0 and per_item is not None:
+            total += self._estimate.typical_seconds(tokenizing * per_item) or 0.0
+        return total
+
+    def over_budget(self) -> bool:
+        """Whether the queued work alone already exceeds the deadline budget (every newcomer would be refused)."""
+        budget = self._deadline_budget_s()
+        backlog = self.backlog_s() if budget is not None else None
+        return budget is not None and backlog is not None and backlog > budget
+
+    def _deadline_budget_s(self, *, small: bool = False) -> float | None:
+        """How long admitted work may wait: `deadline_share` of the queue deadline; for a small request at
+        most `_SMALL_LANE_BATCHES` full batches, so that a burst made of small requests (all in the lane) still
+        answers each within about a batch or two instead of queueing seconds of them."""
+        share = self._cfg.deadline_share
+        if share is None:
+            return None
+        budget = share * self._cfg.queue_timeout_s
+        if small:
+            one_batch = self._estimate.typical_seconds(float(self._cfg.max_batch_tokens))
+            if one_batch is not None:
+                budget = min(budget, _SMALL_LANE_BATCHES * one_batch)
+        return budget
+
+    def _check_deadline(self, own_s: float | None, backlog_s: float | None, *, small: bool = False) -> None:
+        """Refuse (QueueFullError, Retry-After from the same estimate) work that would wait past the budget.
+
+        Work ahead of nothing is always admitted: a request bigger than the budget on an idle server still runs.
+        """
+        budget = self._deadline_budget_s(small=small)
+        if budget is None or own_s is None or backlog_s is None or backlog_s <= 0:
+            return
+        if backlog_s + own_s > budget:
+            raise QueueFullError("the server is at capacity; retry later",
+                                 retry_after_s=_clamp_retry(backlog_s + own_s - budget))
 
     # ---- introspection
 
@@ -481,9 +611,28 @@ class Batcher(Generic[PreparedT, ResultT]):
                 logger.warning("preparing a batch of %d rows failed; isolating rows", len(rows), exc_info=True)
                 prepared = _PREPARE_FAILED
             await self._slot.acquire()
-            task = asyncio.create_task(self._run_batch(batch, prepared), name="batcher-batch")
-            self._batch_tasks.add(task)
-            task.add_done_callback(self._on_batch_done)
+            if (small := self._small_lane_batch()) is not None:
+                self._dispatch(small, None)  # padded on the inference thread: it is small
+                await self._slot.acquire()
+            self._small_turn_taken = False
+            self._dispatch(batch, prepared)
+
+    def _dispatch(self, batch: _Batch[ResultT], prepared: PreparedT | _PrepareFailed | None) -> None:
+        """Start `batch` on the inference thread; the caller holds the slot, `_on_batch_done` frees it."""
+        task = asyncio.create_task(self._run_batch(batch, prepared), name="batcher-batch")
+        self._batch_tasks.add(task)
+        task.add_done_callback(self._on_batch_done)
+
+    def _small_lane_batch(self) -> _Batch[ResultT] | None:
+        """A batch of waiting small requests' items to run before the batch already formed, at most one between
+        two regular batches (so a stream of small requests cannot starve the big ones), or None."""
+        if self._small_turn_taken:
+            return None
+        anchor = next((it for it in self._pending.values() if it.request.small), None)
+        if anchor is None:
+            return None
+        self._small_turn_taken = True
+        return self._form_batch(anchor, small_only=True)
 
     async def _next_batch(self) -> _Batch[ResultT] | None:
         """Wait until a batch is due: a full batch's worth is pending (form it now, to prepare it while the
@@ -517,20 +666,18 @@ class Batcher(Generic[PreparedT, ResultT]):
         return (self._cfg.adaptive_window and self._recent_rows < _LONE_ROWS
                 and self._reserved == self._unsettled)
 
-    def _form_batch(self, anchor: _Item[ResultT]) -> _Batch[ResultT]:
+    def _form_batch(self, anchor: _Item[ResultT], *, small_only: bool = False) -> _Batch[ResultT]:
         """Grow a batch around the oldest item, each step adding the same-graph item that adds least padding.
 
         Candidates are sorted by length; from the anchor we extend left (a shorter row, padded up to the
         current longest) or right (a longer row, which pads every row already in). The token budget caps
         rows x longest, and growth stops when the cheapest step adds more than `padding_slack_tokens` of
-        padding: that row then anchors or joins a batch of its own length instead.
+        padding: that row then anchors or joins a batch of its own length instead. `small_only` takes only
+        small requests' items (the small lane).
         """
         cfg = self._cfg
         width = cfg.padded_width  # the budget counts the columns the runner will really run
-        cands = sorted(
-            (it for it in self._pending.values() if it.graph == anchor.graph),
-            key=lambda it: (it.length, it.seq),
-        )
+        cands = sorted(self._candidates(anchor, small_only), key=lambda it: (it.length, it.seq))
         lo = hi = cands.index(anchor)
         longest, chosen, right_open = anchor.length, [anchor], True
         while len(chosen) < cfg.max_batch_size:
@@ -563,6 +710,24 @@ class Batcher(Generic[PreparedT, ResultT]):
         self._recent_rows += _ROWS_SMOOTHING * (len(chosen) - self._recent_rows)
         return _Batch(anchor.graph, chosen)
 
+    def _candidates(self, anchor: _Item[ResultT], small_only: bool) -> list[_Item[ResultT]]:
+        """The pending items a batch around `anchor` may take: its graph's, oldest first, up to
+        `_POOL_BATCHES` batches' worth of tokens. Choosing by length only within that window keeps the order
+        nearly first-come first-served, so a request's last item starts within a few batches of when FIFO
+        would start it and the admission estimate holds; from the whole queue, the items of later requests
+        that fit a batch's length would keep overtaking an early request's odd-length ones."""
+        pool_tokens = _POOL_BATCHES * self._cfg.max_batch_tokens
+        out: list[_Item[ResultT]] = []
+        tokens = 0
+        for it in self._pending.values():
+            if it.graph != anchor.graph or (small_only and not it.request.small):
+                continue
+            out.append(it)
+            tokens += it.length
+            if tokens >= pool_tokens and it.seq >= anchor.seq:
+                break
+        return out
+
     async def _run_batch(self, batch: _Batch[ResultT], prepared: PreparedT | _PrepareFailed | None) -> None:
         """Compute one batch on the inference thread and answer its items; `_on_batch_done` frees the slot."""
         live = [it for it in batch.items if it.state is _State.BATCHED]
@@ -572,8 +737,18 @@ class Batcher(Generic[PreparedT, ResultT]):
             prepared = None  # re-pad on the inference thread without the dropped rows
         started = time.monotonic()
         for it in live:
+            self._unqueue(it)
             it.state = _State.STARTED
         rows = [it.token_ids for it in live]
+        width = self._cfg.padded_width(max(len(row) for row in rows))
+        padded_units = len(rows) * self._estimate.units(batch.graph, width)
+        self._executing_until = started + (self._estimate.seconds(batch.graph, padded_units) or 0.0) \
+            / self._estimate.padding_ratio
+        # Busy time for the cost model: from the previous batch's end if this batch's work was already waiting
+        # then (time lost to a starved loop or a slow prepare counts against throughput, not only the forward
+        # pass), else from when it formed (the wait window of an idle server is not a throughput loss).
+        waiting = min(it.enqueued_at for it in live) < self._last_batch_end
+        busy_from = self._last_batch_end if waiting else batch.formed_at
         future = asyncio.get_running_loop().run_in_executor(
             self._infer_pool, self._compute, batch.graph, rows, prepared
         )
@@ -599,9 +774,11 @@ class Batcher(Generic[PreparedT, ResultT]):
             raise
         finally:
             self._executing -= 1
-        self._last_progress = time.monotonic()
-        longest = self._cfg.padded_width(max(len(row) for row in rows))
+        self._last_progress = self._last_batch_end = time.monotonic()
+        longest = width
         real_tokens = sum(len(row) for row in rows)
+        self._estimate.observe_batch(batch.graph, padded_units, sum(it.units for it in live),
+                                     self._last_batch_end - busy_from)
         self._record_batch(batch.graph, len(rows), len(rows) * longest, real_tokens, computed)
         for it, result, failed in zip(live, computed.results, computed.failed, strict=True):
             outcome = ItemOutcome(
@@ -655,6 +832,8 @@ class Batcher(Generic[PreparedT, ResultT]):
             return
         if item.state is _State.PENDING and self._pending.pop(item.seq, None) is not None:
             self._pending_tokens -= item.length
+        if item.state in (_State.PENDING, _State.BATCHED):
+            self._unqueue(item)
         item.state = _State.DONE
         request = item.request
         request.outcomes[item.index] = outcome
@@ -667,6 +846,12 @@ class Batcher(Generic[PreparedT, ResultT]):
                 request.timer.cancel()
             if not request.done.done():
                 request.done.set_result(None)
+
+    def _unqueue(self, item: _Item[ResultT]) -> None:
+        """The item leaves the cost model's queue (it starts computing, or is answered without computing)."""
+        for queued in (self._queued_units, self._small_units) if item.request.small else (self._queued_units,):
+            left = queued.get(item.graph, 0.0) - item.units
+            queued[item.graph] = left if left > 1e-9 else 0.0
 
     def _release(self, n: int) -> None:
         self._reserved -= n
@@ -747,9 +932,13 @@ class Batcher(Generic[PreparedT, ResultT]):
             self._notify("on_failure", n_failed)
 
     def _retry_after_s(self) -> int:
+        """Seconds until the queue has drained: the cost model's backlog, else admitted items / items per s."""
+        backlog = self.backlog_s()
+        if backlog is not None and backlog > 0:
+            return _clamp_retry(backlog)
         if self._items_per_s <= 0:
             return 1
-        return max(1, min(60, math.ceil(self._reserved / self._items_per_s)))
+        return _clamp_retry(self._reserved / self._items_per_s)
 
     def _notify(self, hook: str, *args: Any) -> None:
         if self._observer is None:
@@ -758,3 +947,8 @@ class Batcher(Generic[PreparedT, ResultT]):
             getattr(self._observer, hook)(*args)
         except Exception:  # metrics must never break batching
             logger.exception("batch observer %s failed", hook)
+
+
+def _clamp_retry(seconds: float) -> int:
+    """A Retry-After value: whole seconds, at least 1, at most a minute."""
+    return max(1, min(60, math.ceil(seconds)))

@@ -300,9 +300,9 @@ class Engine:
         """
         ids = self.tokenizer.encode_batch(["ok"], TruncationPolicy())[0].ids
         try:
-            with self.batcher.try_admit(1) as admission:
+            with self.batcher.try_admit(1, enforce_deadline=False) as admission:
                 async with asyncio.timeout(timeout_s):
-                    (outcome,) = await self.batcher.submit(admission, [BatchItem(ids, EMBED)])
+                    (outcome,) = await self.batcher.submit(admission, [BatchItem(ids, EMBED)], enforce_deadline=False)
         except (ServiceError, TimeoutError):
             return False
         return outcome.ok

@@ -19,6 +19,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from service.admission import attention_knee, row_units_for
 from service.artifacts import Manifest, load_manifest
 from service.batching import Batcher, BatcherConfig, BatchRunner
 from service.engine import Engine
@@ -144,6 +145,11 @@ def load_models(settings: Settings) -> list[LoadedModel]:
 
 
 def _batcher_config(settings: Settings, model: LoadedModel) -> BatcherConfig:
+    row_units = row_units_for(attention_knee(model.manifest.raw.get("config", {})))
+    timing = getattr(model.runner, "warm_up_timing", None)
+    prior = None
+    if timing is not None and timing.seconds > 0:
+        prior = timing.seconds / (timing.rows * row_units(timing.graph, timing.width))
     return BatcherConfig(
         max_batch_size=model.limits.max_batch_size,
         max_batch_tokens=model.limits.max_batch_tokens,
@@ -154,6 +160,10 @@ def _batcher_config(settings: Settings, model: LoadedModel) -> BatcherConfig:
         queue_timeout_s=settings.queue_timeout_s,
         watchdog_timeout_s=settings.watchdog_timeout_s,
         padded_width=model.runner.padded_width,
+        deadline_share=settings.admission_deadline_share or None,
+        row_units=row_units,
+        prior_s_per_unit=prior,
+        small_request_tokens=settings.small_request_tokens,
     )
 
 
@@ -205,12 +215,12 @@ class ModelRegistry:
                 f"model not found; this server serves: {', '.join(self._by_name)}", param=param)
         return handle
 
-    def check_capacity(self, requests_at_door: int) -> None:
+    def check_capacity(self, requests_at_door: int, small: bool = False) -> None:
         """The door's question: would a newcomer certainly be refused? With one model that is its batcher's
         answer; with several, only when every model refuses or the requests already let in would fill every
         model's queue, because the door cannot know which model the unread body names."""
         if len(self.handles) == 1:
-            self.default.batcher.check_capacity(requests_at_door)
+            self.default.batcher.check_capacity(requests_at_door, small=small)
             return
         room = 0  # queue slots of the models that accept work; no exception is built unless one is answered
         open_models = 0
@@ -218,7 +228,7 @@ class ModelRegistry:
             batcher = handle.batcher
             if batcher.accepting:
                 room += batcher.max_queue_size
-                open_models += batcher.queue_depth < batcher.max_queue_size
+                open_models += batcher.queue_depth < batcher.max_queue_size and not batcher.over_budget()
         if open_models == 0:
             self.default.batcher.check_capacity(0)  # raises what every model would: full (429) or down (503)
             raise QueueFullError("the server is at capacity; retry later", retry_after_s=1)

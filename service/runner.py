@@ -74,6 +74,17 @@ class RowResult:
 
 
 @dataclass(frozen=True)
+class WarmUpTiming:
+    """The start-up warm-up's largest batch and how long it took (cold, so an upper bound): the admission cost
+    model's prior before any request's batch has finished."""
+
+    graph: str
+    rows: int
+    width: int
+    seconds: float
+
+
+@dataclass(frozen=True)
 class _Chunk:
     feeds: dict[str, np.ndarray]
     lengths: tuple[int, ...]
@@ -108,6 +119,7 @@ class OnnxRunner:
         self.sparse_top_k = min(settings.sparse_top_k, vocab) if vocab else settings.sparse_top_k
         variant_spec = manifest.graph(settings.graph_variant)
         self._sessions: dict[str, ort.InferenceSession] = {}
+        self.warm_up_timing: WarmUpTiming | None = None
         main = self._build(variant_spec.path, settings, first=True)
         self.main_graphs = _MAIN_GRAPHS[manifest.task]
         for graph in self.main_graphs:
@@ -325,7 +337,11 @@ class OnnxRunner:
         first, *others = self.main_graphs
         for graph, n in ((first, rows), *((g, 1) for g in others), (ATTENTION, 1)):
             if graph in self._sessions:
+                t0 = time.perf_counter()
                 self._warm(graph, n)
+                if graph == first:
+                    self.warm_up_timing = WarmUpTiming(graph, n, self.padded_width(self.manifest.max_seq_length),
+                                                       time.perf_counter() - t0)
         logger.info("warm-up done: %d rows × %d tokens on %s", rows, self.manifest.max_seq_length, self.variant)
 
     def _warm(self, graph: str, rows: int) -> None:

@@ -102,6 +102,11 @@ class Settings(BaseSettings):
     batch_window_adaptive: bool = True
     max_queue_size: int = Field(2048, ge=1)
     queue_timeout_s: float = Field(10.0, gt=0)
+    # Deadline-aware admission: admit a request only if the queued work plus its own can start within this share
+    # of queue_timeout_s at the throughput measured now (else 429 + Retry-After); 0 counts queue slots only.
+    admission_deadline_share: float = Field(0.5, ge=0, le=1)
+    # Requests of one input or at most this many tokens run in a small lane ahead of queued big work (0: off).
+    small_request_tokens: int = Field(128, ge=0)
 
     # What an over-long input does when the request leaves `truncate` out (or null): cut to the model's window
     # and report it (true, TEI 1.9's default), or 422 (false). A request's own `truncate` always wins.
@@ -124,6 +129,16 @@ class Settings(BaseSettings):
     # Slow-client guards (uvicorn has none): request line + headers, then the whole body, must arrive in time.
     header_timeout_s: float = Field(10.0, gt=0)
     body_timeout_s: float = Field(10.0, gt=0)
+    # Memory bounded per connection: the request line and the header block are cut at these sizes (414 / 431,
+    # then the connection is closed), and at most `max_connections` are open at once (past it: 503 + Retry-After).
+    # The cap sits above the door's queue so that a burst meets the door's 429 first.
+    max_request_line_bytes: int = Field(8192, ge=256)
+    max_header_bytes: int = Field(32768, ge=1024)
+    max_connections: int = Field(4096, ge=1)
+    # uvicorn's HTTP/1.1 parser: httptools (llhttp, fastest; the load-shedding door and the header deadline live in
+    # its protocol), h11 (pure Python; the door runs inside the app, no header deadline), or auto (httptools when
+    # installed). Both enforce the size limits and the connection cap above.
+    http_parser: Literal["auto", "httptools", "h11"] = "auto"
 
     graceful_timeout_s: float = Field(20.0, ge=0)
     # After SIGTERM, keep serving (with /ready 503) this long before closing the listener, so load balancers

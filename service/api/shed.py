@@ -42,26 +42,42 @@ class Door:
     at all (while starting or stopping the app itself answers 503 with the reason).
     """
 
-    def __init__(self, capacity: Callable[[int], None], is_open: Callable[[], bool], metrics: Metrics) -> None:
+    def __init__(self, capacity: Callable[[int, bool], None], is_open: Callable[[], bool], metrics: Metrics,
+                 small_body_bytes: int = 0) -> None:
         self._capacity = capacity
         self._is_open = is_open
         self._metrics = metrics
+        # A body at most this long may be a small request (the batcher's small lane), which the door prices at
+        # the small lane's wait instead of the whole queue's; 0: no small lane.
+        self._small_body_bytes = small_body_bytes
         self.inside = 0
 
     @staticmethod
     def guards(method: str, path: str) -> bool:
         return method == "POST" and path in INFERENCE_PATHS
 
-    def refusal(self) -> OverloadError | None:
-        """The error to answer the next inference request with, or None to let it in (and count it)."""
+    def refusal(self, scope: Mapping[str, Any] | None = None) -> OverloadError | None:
+        """The error to answer the next inference request with, or None to let it in (and count it). `scope`
+        (its headers) says whether its body is short enough to be a small request."""
         if not self._is_open():
             return None
         try:
-            self._capacity(self.inside)
+            self._capacity(self.inside, scope is not None and self._may_be_small(scope))
         except OverloadError as exc:
             self._metrics.rejected.labels(exc.code).inc()
             return exc
         return None
+
+    def _may_be_small(self, scope: Mapping[str, Any]) -> bool:
+        if self._small_body_bytes <= 0:
+            return False
+        for name, value in scope.get("headers", ()):
+            if name == b"content-length":
+                try:
+                    return int(value) <= self._small_body_bytes
+                except ValueError:
+                    return False
+        return False  # chunked: its size is not known before reading it
 
     def raw_reply(self, exc: OverloadError, scope: Mapping[str, Any], *, keep_alive: bool,
                   default_headers: list[tuple[bytes, bytes]]) -> bytes:
@@ -111,7 +127,7 @@ class LoadShedMiddleware:
                 scope.get("state", {}).get(COUNTED):
             await self.app(scope, receive, send)
             return
-        exc = self.door.refusal()
+        exc = self.door.refusal(scope)
         if exc is not None:
             await service_error_response(exc, family_of(scope["path"]))(scope, receive, send)
             return

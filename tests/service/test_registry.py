@@ -67,7 +67,7 @@ def test_door_refuses_only_when_every_model_would_and_stays_cheap() -> None:
 
 def test_door_lets_everything_through_while_the_app_is_not_serving() -> None:
     calls: list[int] = []
-    door = Door(lambda inside: calls.append(inside), lambda: False, Metrics())
+    door = Door(lambda inside, small: calls.append(inside), lambda: False, Metrics())
     assert door.refusal() is None
     assert calls == []
 

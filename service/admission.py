@@ -1,0 +1,130 @@
+"""The batcher's cost model: how long the work already queued will take, so admission can keep its promise.
+
+Counting queue slots is not enough on a small machine: 2,048 admitted inputs of corpus text are ~10 s of
+inference on 2 cores, so under a burst most of what the door let in waited past its queue deadline and was
+answered 503 — the server admitted work it could not finish. `WorkEstimate` turns queued tokens into seconds
+at the throughput the server is measuring now, and the batcher admits a request only if the work ahead of it
+plus its own can start before its deadline (with headroom for a throughput drop), refusing it with 429 and a
+Retry-After from the same estimate otherwise.
+
+The unit of work is a row's padded width weighted by the attention term's share of a layer's arithmetic:
+a token costs `1 + T / knee` units, `knee = 2·hidden + intermediate` (a layer's dense FLOPs per token are
+proportional to that, its attention scores and weighted sum to T). So a 512-token input is not priced like
+four 128-token ones. Each graph learns its own seconds per unit (an attention-map graph writes L × H × T²
+numbers per row and costs more than its token count says); a graph not measured yet borrows the slowest
+measured rate times `unmeasured_factor`, and before any batch at all the start-up warm-up's timing is the prior.
+
+Rates come from batches as they finish, with the time a batch's work was waiting for a busy or starved
+inference thread counted in (a burst's client and event loop share the cores: execute time alone would
+promise throughput the server does not deliver). They are decayed sums weighted by work, so a full batch
+counts more than a lone row and the estimate follows a throughput drop within a few batches.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+# Weight of the past in the decayed sums, per finished batch: about the last five batches decide the rate.
+_DECAY = 0.8
+
+
+def attention_knee(config: dict[str, object]) -> float:
+    """Tokens at which a layer's attention arithmetic equals its dense arithmetic (inf: no config known)."""
+    try:
+        hidden = float(config["hidden_size"])  # type: ignore[arg-type]
+        intermediate = float(config.get("intermediate_size") or 4 * hidden)  # type: ignore[arg-type]
+    except (KeyError, TypeError, ValueError):
+        return float("inf")
+    return 2 * hidden + intermediate if hidden > 0 else float("inf")
+
+
+def row_units_for(knee: float) -> Callable[[str, int], float]:
+    """`row_units(graph, width)`: the work of one row padded to `width`, in token units (see the module doc)."""
+
+    def row_units(graph: str, width: int) -> float:
+        return width * (1.0 + width / knee)
+
+    return row_units
+
+
+@dataclass
+class _Rate:
+    seconds: float = 0.0
+    units: float = 0.0
+
+    def add(self, seconds: float, units: float) -> None:
+        self.seconds = self.seconds * _DECAY + seconds
+        self.units = self.units * _DECAY + units
+
+    @property
+    def per_unit(self) -> float | None:
+        return self.seconds / self.units if self.units > 0 else None
+
+
+@dataclass
+class WorkEstimate:
+    """Seconds per unit of work per graph, learned from finished batches; see the module docstring."""
+
+    row_units: Callable[[str, int], float] = field(default=lambda graph, width: float(width))
+    prior_s_per_unit: float | None = None  # from the start-up warm-up; None: no estimate until a batch finishes
+    unmeasured_factor: float = 2.0  # a graph with no batch yet is priced this much above the slowest measured
+    _rates: dict[str, _Rate] = field(default_factory=dict, init=False, repr=False)
+    # Padded units per real unit (the `seconds` slot holds the padded sum), starting at "no padding".
+    _padding: _Rate = field(default_factory=lambda: _Rate(1.0, 1.0), init=False, repr=False)
+    # Units per submitted item (the `seconds` slot holds the units, `units` the items): the price of inputs
+    # admitted but not tokenized yet.
+    _item_units: _Rate = field(default_factory=_Rate, init=False, repr=False)
+    _request_units: _Rate = field(default_factory=_Rate, init=False, repr=False)  # likewise, per request
+
+    def units(self, graph: str, length: int) -> float:
+        return self.row_units(graph, length)
+
+    def seconds_per_unit(self, graph: str) -> float | None:
+        """The current rate for `graph`, or None while nothing at all is known (no warm-up prior, no batch)."""
+        rate = self._rates.get(graph)
+        if rate is not None and rate.per_unit is not None:
+            return rate.per_unit
+        measured = [r.per_unit for r in self._rates.values() if r.per_unit is not None]
+        if measured:
+            return max(measured) * self.unmeasured_factor
+        return self.prior_s_per_unit
+
+    def seconds(self, graph: str, real_units: float) -> float | None:
+        """Estimated inference seconds for `real_units` of queued work on `graph`, padding included."""
+        rate = self.seconds_per_unit(graph)
+        if rate is None:
+            return None
+        return real_units * self.padding_ratio * rate
+
+    @property
+    def padding_ratio(self) -> float:
+        return self._padding.seconds / self._padding.units
+
+    def item_units(self) -> float | None:
+        """Mean units of one submitted item (None before any): the price of inputs admitted but not tokenized."""
+        return self._item_units.seconds / self._item_units.units if self._item_units.units > 0 else None
+
+    def observe_batch(self, graph: str, padded_units: float, real_units: float, seconds: float) -> None:
+        """A finished batch: `seconds` of (busy) inference time for `padded_units` of work."""
+        if padded_units <= 0 or seconds <= 0:
+            return
+        self._rates.setdefault(graph, _Rate()).add(seconds, padded_units)
+        if real_units > 0:
+            self._padding.add(padded_units, real_units)
+
+    def request_units(self) -> float | None:
+        """Mean units of one submitted request (None before any): the price of a request the door lets in."""
+        return self._request_units.seconds / self._request_units.units if self._request_units.units > 0 else None
+
+    def observe_request(self, n_items: int, units: float) -> None:
+        """A request submitted `n_items` items worth `units` in all."""
+        if n_items > 0:
+            self._item_units.add(units, n_items)
+            self._request_units.add(units, 1)
+
+    def typical_seconds(self, real_units: float) -> float | None:
+        """Like `seconds`, for work whose graph is not known yet: priced at the graph that did most work."""
+        measured = [(r.units, g) for g, r in self._rates.items() if r.per_unit is not None]
+        graph = max(measured)[1] if measured else ""
+        return self.seconds(graph, real_units)
