@@ -1,4 +1,4 @@
-"""`python -m service`: verify and warm up before binding the port, then serve with uvicorn (uvloop, httptools).
+"""`python -m service`: verify and warm up before binding the port, then serve with uvicorn (uvloop, httptools or h11).
 
 Failing fast here (one ERROR line, exit code 2, no listener) is what orchestrators need for a missing or corrupt
 model: a crash loop with a clear reason instead of a pod that listens but never becomes ready.
@@ -19,6 +19,7 @@ from fastapi import FastAPI
 
 from service.app import begin_drain, create_app
 from service.errors import ServiceError
+from service.http_limits import ConnectionLimits
 from service.logs import configure_logging
 from service.protocol import http_protocol
 from service.registry import load_models
@@ -76,7 +77,9 @@ def main() -> int:
     try:
         # The protocol keeps the load-shedding door unless CORS is on: its refusals carry no CORS headers, so
         # then the door stays inside the app (service/api/shed.py), behind the CORS middleware.
-        http = http_protocol(settings.header_timeout_s, door=None if settings.cors_origins else app.state.context.door)
+        limits = ConnectionLimits(settings.max_request_line_bytes, settings.max_header_bytes, settings.max_connections)
+        http = http_protocol(settings.header_timeout_s, door=None if settings.cors_origins else app.state.context.door,
+                             limits=limits, parser=settings.http_parser, metrics=app.state.context.metrics)
     except ServiceError as exc:
         logger.error("start-up failed: %s", exc.message)
         return EXIT_STARTUP_FAILED

@@ -11,6 +11,8 @@ Every error carries a message that is safe to show a client: it never contains t
     │   ├── ModelNotFoundError       unknown `model` name (404)
     │   ├── MethodNotAllowedError    the route exists, the method does not (405, Allow)
     │   ├── RequestTimeoutError      the body did not arrive within the body deadline (408)
+    │   ├── RequestLineTooLongError  request line over EMBED_MAX_REQUEST_LINE_BYTES (414, connection closed)
+    │   ├── HeaderTooLargeError      header block over EMBED_MAX_HEADER_BYTES (431, connection closed)
     │   ├── PayloadTooLargeError     body or inputs over a limit (413)
     │   ├── UnsupportedMediaTypeError  not JSON, or a Content-Encoding (415)
     │   ├── InvalidRequestError      well-formed but invalid (422): empty text, bad option, over-long input
@@ -18,7 +20,8 @@ Every error carries a message that is safe to show a client: it never contains t
     ├── OverloadError                we cannot take this now; the caller may retry (429/503, Retry-After)
     │   ├── QueueFullError           admission queue full (429)
     │   ├── QueueTimeoutError        waited past the queue deadline; never computed (503)
-    │   └── UnavailableError         not ready, draining, or the batcher is wedged (503)
+    │   ├── UnavailableError         not ready, draining, or the batcher is wedged (503)
+    │   └── TooManyConnectionsError  EMBED_MAX_CONNECTIONS already open; answered and closed (503)
     ├── InferenceError               the model run failed for this input (500, fixed generic message)
     ├── ArtifactError                the artifact directory is missing, corrupt or inconsistent (start-up only)
     └── ProviderError                the execution provider or graph cannot run here (start-up only)
@@ -72,6 +75,18 @@ class RequestTimeoutError(RequestError):
     code = "request_timeout"
 
 
+class RequestLineTooLongError(RequestError):
+    """The request line passed its byte limit while arriving; answered by the HTTP protocol, which then closes."""
+
+    code = "uri_too_long"
+
+
+class HeaderTooLargeError(RequestError):
+    """The header block passed its byte limit while arriving (never buffered whole); the connection is closed."""
+
+    code = "request_header_fields_too_large"
+
+
 class UnsupportedMediaTypeError(RequestError):
     code = "unsupported_media_type"
 
@@ -120,6 +135,12 @@ class QueueTimeoutError(OverloadError):
 
 class UnavailableError(OverloadError):
     code = "unavailable"
+
+
+class TooManyConnectionsError(OverloadError):
+    """A new connection found the open-connection cap reached: its first request is answered, then it is closed."""
+
+    code = "too_many_connections"
 
 
 class InferenceError(ServiceError):

@@ -17,6 +17,9 @@ which are stable across uvicorn releases but not a public API. So uvicorn is pin
 with one line naming it, rather than silently serving without the door. Without httptools at all the server
 runs on h11 with the door inside the app (`LoadShedMiddleware`) and no header deadline, and says so.
 `tests/e2e/test_slow_clients.py`, `tests/e2e/test_door.py` and `tests/e2e/test_overload.py` pin the behaviour.
+
+Both parsers' protocols also bound each connection's memory (service/http_limits.py: head sizes 414 / 431, the
+open-connection cap 503); `EMBED_HTTP_PARSER=h11` picks the h11 one (service/h11_protocol.py) on purpose.
 """
 
 from __future__ import annotations
@@ -24,15 +27,16 @@ from __future__ import annotations
 import asyncio
 import importlib
 import logging
-import uuid
 from types import ModuleType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Literal
 
-import orjson
 from starlette.types import ASGIApp
 
 from service.api.shed import COUNTED, Door
 from service.errors import ServiceError
+from service.h11_protocol import H11_HOOKS, bounded_h11_protocol
+from service.http_limits import BoundedConnection, ConnectionLimits, bad_http_request
+from service.metrics import Metrics
 
 if TYPE_CHECKING:
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
@@ -41,8 +45,8 @@ logger = logging.getLogger(__name__)
 
 HTTPTOOLS_IMPL = "uvicorn.protocols.http.httptools_impl"
 # What HeaderDeadlineProtocol overrides or calls on uvicorn's classes.
-_PROTOCOL_HOOKS = ("_start_asgi_task", "connection_made", "connection_lost", "on_message_begin",
-                   "on_headers_complete", "on_response_complete", "send_400_response")
+_PROTOCOL_HOOKS = ("_start_asgi_task", "connection_made", "connection_lost", "data_received", "on_message_begin",
+                   "on_headers_complete", "on_message_complete", "on_response_complete", "send_400_response")
 _CYCLE_FIELDS = ("scope", "keep_alive", "response_started", "response_complete")
 
 
@@ -61,49 +65,79 @@ def missing_hooks(protocol: type, cycle: type) -> list[str]:
     return missing
 
 
-def http_protocol(header_timeout_s: float, door: Door | None, impl: ModuleType | None = None) -> Any:
-    """uvicorn's `http=` value: our httptools protocol after checking uvicorn still has its hooks, or "h11"
-    when httptools is not installed (the door then works inside the app; there is no header deadline)."""
+def http_protocol(header_timeout_s: float, door: Door | None, impl: ModuleType | None = None, *,
+                  limits: ConnectionLimits | None = None, parser: Literal["auto", "httptools", "h11"] = "auto",
+                  metrics: Metrics | None = None) -> type[asyncio.Protocol]:
+    """uvicorn's `http=` value for `parser` (auto | httptools | h11): our httptools protocol after checking uvicorn
+    still has its hooks, or, for h11 or when httptools is not installed under auto, our h11 protocol (the door
+    then works inside the app; there is no header deadline). Both bound head sizes and open connections."""
+    limits = limits or ConnectionLimits()
+    if parser not in ("auto", "httptools", "h11"):
+        raise ValueError(f"unknown HTTP parser {parser!r}")
+    if parser == "h11":
+        return _checked_h11(limits, metrics)
     if impl is None:
         try:
             impl = importlib.import_module(HTTPTOOLS_IMPL)
         except ImportError:
+            if parser == "httptools":
+                raise ProtocolCheckError("EMBED_HTTP_PARSER=httptools, but httptools is not installed") from None
             logger.warning("httptools is not installed: serving with h11; the load-shedding door runs inside the "
                            "app and there is no header deadline (slowloris guard)")
-            return "h11"
+            return _checked_h11(limits, metrics)
     missing = missing_hooks(impl.HttpToolsProtocol, impl.RequestResponseCycle)
     if missing:
-        from importlib import metadata
-
         raise ProtocolCheckError(
-            f"uvicorn {metadata.version('uvicorn')} lacks {', '.join(missing)}, which the load-shedding door and "
+            f"uvicorn {_uvicorn_version()} lacks {', '.join(missing)}, which the load-shedding door and "
             "the header deadline need: install the pinned uvicorn (requirements/serve.txt)"
         )
-    return header_deadline_protocol(header_timeout_s, door, impl.HttpToolsProtocol)
+    protocol: type[asyncio.Protocol] = header_deadline_protocol(header_timeout_s, door, impl.HttpToolsProtocol,
+                                                                limits=limits, metrics=metrics)
+    return protocol
 
 
-_BAD_REQUEST_BODY = orjson.dumps(
-    {"error": {"message": "malformed HTTP request", "type": "invalid_request_error", "param": None,
-               "code": "bad_http_request"}}
-)
+def _checked_h11(limits: ConnectionLimits, metrics: Metrics | None) -> type[asyncio.Protocol]:
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    missing = [f"H11Protocol.{name}" for name in H11_HOOKS if not callable(getattr(H11Protocol, name, None))]
+    if missing:
+        raise ProtocolCheckError(f"uvicorn {_uvicorn_version()} lacks {', '.join(missing)}, which the header size "
+                                 "limits need: install the pinned uvicorn (requirements/serve.txt)")
+    return bounded_h11_protocol(limits, metrics)
+
+
+def _uvicorn_version() -> str:
+    from importlib import metadata
+
+    return metadata.version("uvicorn")
 
 
 def header_deadline_protocol(header_timeout_s: float, door: Door | None = None,
-                             base: type[HttpToolsProtocol] | None = None) -> type[HttpToolsProtocol]:
+                             base: type[HttpToolsProtocol] | None = None, *, limits: ConnectionLimits | None = None,
+                             metrics: Metrics | None = None) -> type[HttpToolsProtocol]:
     """uvicorn `http=` protocol class that closes connections whose headers take over `header_timeout_s` and,
     given a `door`, refuses inference requests the queue cannot take before they become ASGI tasks.
 
     It also answers requests the HTTP parser rejects (a control character in a header, a broken request line)
-    in the one JSON error shape with an X-Request-ID, instead of uvicorn's plain-text 400.
+    in the one JSON error shape with an X-Request-ID, instead of uvicorn's plain-text 400, and bounds each
+    connection's memory with `limits` (service/http_limits.py).
     """
+    connection_limits, protocol_metrics = limits or ConnectionLimits(), metrics
 
     if base is None:
         base = importlib.import_module(HTTPTOOLS_IMPL).HttpToolsProtocol
 
     # `base` is picked at run time (uvicorn's class, or a test's stand-in) and mypy cannot subclass a variable:
     # the class is checked as a subclass of Any.
-    class HeaderDeadlineProtocol(base):  # type: ignore[valid-type,misc]
+    class HeaderDeadlineProtocol(BoundedConnection, base):  # type: ignore[valid-type,misc]
+        limits = connection_limits
+        metrics = protocol_metrics
         _header_timer: asyncio.TimerHandle | None = None
+        # Where llhttp is, for the head meter: inside a body (between headers-complete and message-complete),
+        # how many of those two events have passed, and whether a message began since the last one.
+        _in_body = False
+        _crossings = 0
+        _begun = False
 
         def _start_asgi_task(self, cycle: RequestResponseCycle, app: ASGIApp) -> None:
             """Called when a request may start (at once, or when a pipelined one's turn comes)."""
@@ -125,29 +159,41 @@ def header_deadline_protocol(header_timeout_s: float, door: Door | None = None,
             else:
                 self.transport.close()
 
-        def connection_made(self, transport: asyncio.Transport) -> None:
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
             super().connection_made(transport)
             self._arm()
 
         def on_message_begin(self) -> None:
             super().on_message_begin()
+            self._begun = True
             self._arm()
 
         def on_headers_complete(self) -> None:
             self._disarm()
+            self._in_body, self._begun = True, False
+            self._crossings += 1
             super().on_headers_complete()
+
+        def on_message_complete(self) -> None:
+            super().on_message_complete()
+            self._in_body = False
+            self._crossings += 1
+
+        def _reading_head(self) -> bool:
+            return not self._in_body
+
+        def _head_marker(self) -> object:
+            return self._crossings
+
+        def _head_begun(self) -> bool:
+            return self._begun
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._disarm()
             super().connection_lost(exc)
 
         def send_400_response(self, msg: str) -> None:
-            head = (
-                b"HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\n"
-                b"content-length: %d\r\nx-request-id: %s\r\nconnection: close\r\n\r\n"
-            ) % (len(_BAD_REQUEST_BODY), uuid.uuid4().hex.encode())
-            self.transport.write(head + _BAD_REQUEST_BODY)
-            self.transport.close()
+            self._refuse(bad_http_request())
 
         def _arm(self) -> None:
             if self._header_timer is None:

@@ -1,5 +1,5 @@
 """The httptools protocol rests on uvicorn internals: a missing hook must stop the server loudly, and a missing
-httptools must fall back to h11 with the door inside the app."""
+httptools must fall back to (our bounded) h11 with the door inside the app; EMBED_HTTP_PARSER picks either."""
 
 from __future__ import annotations
 
@@ -12,7 +12,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from service.http_limits import BoundedConnection, ConnectionLimits
 from service.protocol import HTTPTOOLS_IMPL, ProtocolCheckError, http_protocol, missing_hooks
 from tests.conftest import REPO
 from tests.server_process import ServerProcess
@@ -41,9 +43,29 @@ def test_without_httptools_the_server_runs_on_h11(monkeypatch: pytest.MonkeyPatc
                                                   caplog: pytest.LogCaptureFixture) -> None:
     monkeypatch.setitem(sys.modules, HTTPTOOLS_IMPL, None)  # import now raises ImportError
     with caplog.at_level(logging.WARNING, logger="service.protocol"):
-        assert http_protocol(10.0, door=None) == "h11"
+        protocol = http_protocol(10.0, door=None)
+    assert issubclass(protocol, H11Protocol)
+    assert issubclass(protocol, BoundedConnection)  # the size limits and the connection cap hold on h11 too
     assert "h11" in caplog.text
     assert "door runs inside the app" in caplog.text
+
+
+def test_the_parser_setting_picks_the_protocol(monkeypatch: pytest.MonkeyPatch) -> None:
+    impl = importlib.import_module(HTTPTOOLS_IMPL)
+    assert issubclass(http_protocol(10.0, door=None, parser="h11"), H11Protocol)
+    assert issubclass(http_protocol(10.0, door=None, parser="httptools"), impl.HttpToolsProtocol)
+    limits = ConnectionLimits(300, 2000, 7)
+    assert http_protocol(10.0, door=None, parser="h11", limits=limits).limits == limits
+    assert http_protocol(10.0, door=None, limits=limits).limits == limits
+    monkeypatch.setitem(sys.modules, HTTPTOOLS_IMPL, None)
+    with pytest.raises(ProtocolCheckError, match="EMBED_HTTP_PARSER=httptools, but httptools is not installed"):
+        http_protocol(10.0, door=None, parser="httptools")
+
+
+def test_a_uvicorn_whose_h11_protocol_lacks_a_hook_stops_the_server(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delattr(H11Protocol, "send_400_response")
+    with pytest.raises(ProtocolCheckError, match=r"lacks H11Protocol\.send_400_response"):
+        http_protocol(10.0, door=None, parser="h11")
 
 
 def test_a_server_without_httptools_still_serves(tiny_artifact_dir: Path, tmp_path: Path) -> None:

@@ -50,8 +50,19 @@ def test_empty_api_key_means_open(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.mark.parametrize(
     ("field", "value"),
-    [("max_batch_size", 0), ("graph_variant", "fp64"), ("provider", "tpu"), ("queue_timeout_s", 0), ("port", -1)],
+    [("max_batch_size", 0), ("graph_variant", "fp64"), ("provider", "tpu"), ("queue_timeout_s", 0), ("port", -1),
+     ("max_header_bytes", 100), ("max_request_line_bytes", 10), ("max_connections", 0), ("http_parser", "llhttp")],
 )
 def test_rejects_invalid_values(field: str, value: object) -> None:
     with pytest.raises(ValidationError):
         Settings(**{field: value})
+
+
+def test_connection_limits_and_parser_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, value in (("EMBED_MAX_REQUEST_LINE_BYTES", "4096"), ("EMBED_MAX_HEADER_BYTES", "16384"),
+                        ("EMBED_MAX_CONNECTIONS", "20"), ("EMBED_HTTP_PARSER", "h11")):
+        monkeypatch.setenv(name, value)
+    s = Settings()
+    assert (s.max_request_line_bytes, s.max_header_bytes, s.max_connections, s.http_parser) == (4096, 16384, 20, "h11")
+    monkeypatch.delenv("EMBED_HTTP_PARSER")
+    assert Settings().http_parser == "auto"
