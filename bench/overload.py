@@ -58,6 +58,7 @@ class Results:
     failures: Counter[str] = field(default_factory=Counter)  # transport errors and timeouts, by kind
     probes: dict[str, list[tuple[int, float]]] = field(default_factory=dict)  # path -> (status, seconds)
     small: list[Reply] = field(default_factory=list)  # the single-sentence requests sent during the burst
+    other: list[Reply] = field(default_factory=list)  # the other model's steady clients during the burst
     reconnects: int = 0  # keep-alive connections the server closed while their client slept, opened again
 
     @property
@@ -93,9 +94,12 @@ GET_HEALTH = get("/health")
 PROBE_PATHS = ("/health", "/ready", "/metrics")
 
 
-def embed_body(texts: list[str]) -> bytes:
+def embed_body(texts: list[str], model: str | None = None) -> bytes:
     """The request a burst client sends: OpenAI's /v1/embeddings, whose `usage` counts the tokens served."""
-    return post("/v1/embeddings", {"input": texts[0] if len(texts) == 1 else texts})
+    body: dict[str, Any] = {"input": texts[0] if len(texts) == 1 else texts}
+    if model:
+        body["model"] = model
+    return post("/v1/embeddings", body)
 
 
 @dataclass(frozen=True)
@@ -256,6 +260,35 @@ def _prompt_tokens(reply: Reply) -> int:
     return int(body.get("usage", {}).get("prompt_tokens", 0)) if isinstance(body, dict) else 0
 
 
+async def loop_lag_buckets(host: str, port: int) -> dict[float, float]:
+    """The server's `embed_event_loop_lag_seconds` histogram: cumulative count per upper bound."""
+    reader, writer = await asyncio.open_connection(host, port)
+    try:
+        reply = await request(reader, writer, get("/metrics"))
+    finally:
+        writer.close()
+    out: dict[float, float] = {}
+    for line in reply.body.decode().splitlines():
+        if line.startswith("embed_event_loop_lag_seconds_bucket{"):
+            bound = line.split('le="', 1)[1].split('"', 1)[0]
+            out[float(bound)] = float(line.split()[1])
+    return out
+
+
+def lag_summary(before: dict[float, float], after: dict[float, float]) -> dict[str, Any]:
+    """The burst's share of the loop-lag histogram: samples, and the bucket bound its p50 / p99 fall under."""
+    counts = {b: after.get(b, 0.0) - before.get(b, 0.0) for b in sorted(after)}
+    total = counts.get(float("inf"), 0.0)
+    if total <= 0:
+        return {"samples": 0}
+
+    def bound(q: float) -> float:
+        return next(b for b, c in counts.items() if c >= q * total)
+
+    return {"samples": int(total), "p50_under_s": bound(0.5), "p99_under_s": bound(0.99),
+            "share_over_100ms": round(1 - counts.get(0.1, 0.0) / total, 4)}
+
+
 def _ms(values_s: list[float], q: float) -> float | None:
     return round(float(np.percentile(values_s, q)) * 1000, 1) if values_s else None
 
@@ -297,7 +330,7 @@ def _error_code(reply: Reply) -> str:
 async def run_burst(host: str, port: int, args: argparse.Namespace) -> dict[str, Any]:
     k = args.inputs_per_request
     n_bodies = args.clients * args.requests_per_client
-    texts = sentences(n_bodies * k + args.calm_clients * 64 * k, seed=3, profile="mixed")
+    texts = sentences(n_bodies * k + max(args.calm_clients, 2) * 64 * k, seed=3, profile="mixed")
     burst_texts, calm_texts = texts[:n_bodies * k], texts[n_bodies * k:]
     normal = embed_body(["a normal request before and after the burst"])
     small = post("/v1/embeddings", {"input": "a small request during the burst"})
@@ -312,7 +345,7 @@ async def run_burst(host: str, port: int, args: argparse.Namespace) -> dict[str,
     go, stop = asyncio.Event(), asyncio.Event()
     deadline_s = args.queue_timeout_s + args.deadline_slack_s
     per = args.requests_per_client
-    bodies = [[embed_body(burst_texts[(c * per + j) * k:(c * per + j + 1) * k]) for j in range(per)]
+    bodies = [[embed_body(burst_texts[(c * per + j) * k:(c * per + j + 1) * k], args.model) for j in range(per)]
               for c in range(args.clients)]
     t_start = time.perf_counter() + args.connect_seconds
     until = t_start + args.burst_seconds if args.burst_seconds > 0 else None
@@ -320,14 +353,24 @@ async def run_burst(host: str, port: int, args: argparse.Namespace) -> dict[str,
         host, port, ClientPlan(bodies[c], k, until=until, honor_retry_after=args.honor_retry_after), go,
         deadline_s, out)) for c in range(args.clients)]
     await asyncio.sleep(args.connect_seconds)  # let the connections open first: the burst is the requests
+    lag_before = await loop_lag_buckets(host, port)
     side = [asyncio.create_task(prober(host, port, path, stop, out)) for path in PROBE_PATHS]
     side.append(asyncio.create_task(small_requester(host, port, small, stop, out)))
+    other = Results()
+    if args.other_model:  # a steady load on another model of the same process: is its admitted work finished?
+        other_bodies = [embed_body(calm_texts[i * k:(i + 1) * k], args.other_model)
+                        for i in range(len(calm_texts) // k)]
+        other_until = time.perf_counter() + args.burst_seconds if args.burst_seconds > 0 else None
+        side += [asyncio.create_task(one_client(
+            host, port, ClientPlan(other_bodies[c::2], k, until=other_until, honor_retry_after=True), go,
+            deadline_s, other)) for c in range(2)]
     t0 = time.perf_counter()
     go.set()
     await asyncio.gather(*clients)
     burst_s = time.perf_counter() - t0
     stop.set()
     await asyncio.gather(*side)
+    lag_after = await loop_lag_buckets(host, port)
     # Recovery: a normal request is about as fast as before the burst; drained: the queue is empty too.
     t_end = time.perf_counter()
     recovered_after = drained_after = None
@@ -373,6 +416,7 @@ async def run_burst(host: str, port: int, args: argparse.Namespace) -> dict[str,
         "reject_latency_first_wave_ms": {"n": len(rej_first), "p50": pct(rej_first, 50), "p99": pct(rej_first, 99)},
         "reject_latency_later_waves_ms": {"n": len(rej_later), "p50": pct(rej_later, 50), "p99": pct(rej_later, 99)},
         "health": health_summary(out.health),
+        "event_loop_lag": lag_summary(lag_before, lag_after),
         "probes": {path: health_summary(series) for path, series in out.probes.items()},
         "small_requests": {"sent": len(out.small), "ok": len(small_ok),
                            "statuses": dict(Counter(str(r.status) for r in out.small)),
@@ -381,6 +425,12 @@ async def run_burst(host: str, port: int, args: argparse.Namespace) -> dict[str,
         "recovered_after_s": None if recovered_after is None else round(recovered_after, 2),
         "drained_after_s": None if drained_after is None else round(drained_after, 2),
     }
+    if args.other_model:
+        other_statuses = Counter(f"{r.status}:{_error_code(r)}" if r.status != 200 else "200" for r in other.replies)
+        other_ok = [r.seconds for r in other.replies if r.status == 200]
+        report["other_model"] = {"model": args.other_model, "replies": len(other.replies),
+                                 "statuses": dict(sorted(other_statuses.items())), "failures": dict(other.failures),
+                                 "ok_latency_ms": {"p50": pct(other_ok, 50), "p99": pct(other_ok, 99)}}
     if calm is not None:
         report["calm"] = calm
         report["goodput_vs_calm"] = round(report["goodput_sentences_per_s"] / calm["sentences_per_s"], 3) \
@@ -408,6 +458,10 @@ def evaluate(report: dict[str, Any], args: argparse.Namespace) -> dict[str, bool
         checks["admitted_finished"] = share is not None and share >= args.min_admitted_share
     if args.min_goodput_ratio > 0 and "goodput_vs_calm" in report:
         checks["goodput_held"] = (report["goodput_vs_calm"] or 0) >= args.min_goodput_ratio
+    if "other_model" in report:
+        statuses = report["other_model"]["statuses"]
+        checks["other_model_admitted_finished"] = not any(k.startswith("503") for k in statuses) and \
+            statuses.get("200", 0) > 0 and not report["other_model"]["failures"]
     if args.small_check and report.get("one_batch_ms") is not None:
         small = report["small_requests"]
         limit = 2 * report["calm"]["small_request_ms_p50"] + report["one_batch_ms"]
@@ -442,6 +496,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--small-check", action="store_true",
                    help="check: small requests' p50 <= 2 x calm p50 + one batch")
     p.add_argument("--env", action="append", default=[], help="extra NAME=VALUE for the server (A/B runs)")
+    p.add_argument("--model", help="the model the burst names (several models served)")
+    p.add_argument("--other-model", help="two steady clients on this model during the burst")
+    p.add_argument("--models", help="EMBED_MODELS for the server started (default: the one --artifact-dir)")
     p.add_argument("--out", default=str(REPO / "bench" / "results"))
     return p
 
@@ -452,6 +509,11 @@ CASES: dict[str, list[str]] = {
                 "--burst-seconds", "15", "--honor-retry-after", "--calm-seconds", "6", "--reject-p99-ms", "1000",
                 "--recovery-limit-s", "2", "--min-admitted-share", "0.95", "--min-goodput-ratio", "0.7",
                 "--small-check"],
+    # burst16 on model "a" while model "b" of the same process serves two steady 16-sentence clients.
+    "burst16-two-models": ["--clients", "800", "--requests-per-client", "1", "--inputs-per-request", "16",
+                           "--burst-seconds", "15", "--honor-retry-after", "--calm-seconds", "0",
+                           "--reject-p99-ms", "1000", "--recovery-limit-s", "2", "--min-admitted-share", "0.95",
+                           "--model", "a", "--other-model", "b"],
     "burst1": ["--clients", "1000", "--requests-per-client", "3", "--inputs-per-request", "1",
                "--burst-seconds", "15", "--honor-retry-after", "--calm-seconds", "6", "--reject-p99-ms", "1000",
                "--recovery-limit-s", "2", "--min-admitted-share", "0.95", "--min-goodput-ratio", "0.7",
@@ -475,6 +537,8 @@ def main() -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per request costs client CPU
     env = {"EMBED_ARTIFACT_DIR": args.artifact_dir, "EMBED_QUEUE_TIMEOUT_S": str(args.queue_timeout_s)}
+    if args.models:
+        env["EMBED_MODELS"] = args.models
     if args.max_queue_size is not None:
         env["EMBED_MAX_QUEUE_SIZE"] = str(args.max_queue_size)
     if args.intra_op_threads is not None:

@@ -22,6 +22,7 @@ counts more than a lone row and the estimate follows a throughput drop within a 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -63,13 +64,48 @@ class _Rate:
 
 
 @dataclass
+class _Fit:
+    """seconds ≈ fixed + per_unit × units over the recent batches (decayed least squares).
+
+    A lone row's batch is mostly fixed cost (~0.6 ms of session overhead on CPU), a full one mostly per-unit
+    cost; a plain seconds/units ratio learnt from a calm server's lone rows would price a burst's full batches
+    several times too high. With too little spread in batch sizes to tell the two apart, the ratio is used.
+    """
+
+    n: float = 0.0
+    sx: float = 0.0
+    sy: float = 0.0
+    sxx: float = 0.0
+    sxy: float = 0.0
+
+    def add(self, units: float, seconds: float) -> None:
+        d = _DECAY
+        self.n, self.sx, self.sy = self.n * d + 1, self.sx * d + units, self.sy * d + seconds
+        self.sxx, self.sxy = self.sxx * d + units * units, self.sxy * d + units * seconds
+
+    def line(self) -> tuple[float, float] | None:
+        """(fixed seconds per batch, seconds per unit), or None before any batch."""
+        if self.n <= 0 or self.sx <= 0:
+            return None
+        mean_x, mean_y = self.sx / self.n, self.sy / self.n
+        var_x = self.sxx / self.n - mean_x * mean_x
+        if var_x > 0.01 * mean_x * mean_x:
+            slope = (self.sxy / self.n - mean_x * mean_y) / var_x
+            fixed = mean_y - slope * mean_x
+            if slope > 0 and fixed >= 0:
+                return fixed, slope
+        return 0.0, self.sy / self.sx
+
+
+@dataclass
 class WorkEstimate:
     """Seconds per unit of work per graph, learned from finished batches; see the module docstring."""
 
     row_units: Callable[[str, int], float] = field(default=lambda graph, width: float(width))
     prior_s_per_unit: float | None = None  # from the start-up warm-up; None: no estimate until a batch finishes
     unmeasured_factor: float = 2.0  # a graph with no batch yet is priced this much above the slowest measured
-    _rates: dict[str, _Rate] = field(default_factory=dict, init=False, repr=False)
+    batch_units: float = float("inf")  # a full batch's units: queued work runs in this many batches at least
+    _rates: dict[str, _Fit] = field(default_factory=dict, init=False, repr=False)
     # Padded units per real unit (the `seconds` slot holds the padded sum), starting at "no padding".
     _padding: _Rate = field(default_factory=lambda: _Rate(1.0, 1.0), init=False, repr=False)
     # Units per submitted item (the `seconds` slot holds the units, `units` the items): the price of inputs
@@ -80,22 +116,34 @@ class WorkEstimate:
     def units(self, graph: str, length: int) -> float:
         return self.row_units(graph, length)
 
-    def seconds_per_unit(self, graph: str) -> float | None:
-        """The current rate for `graph`, or None while nothing at all is known (no warm-up prior, no batch)."""
-        rate = self._rates.get(graph)
-        if rate is not None and rate.per_unit is not None:
-            return rate.per_unit
-        measured = [r.per_unit for r in self._rates.values() if r.per_unit is not None]
+    def _line(self, graph: str) -> tuple[float, float] | None:
+        """(fixed seconds per batch, seconds per unit) for `graph`: its own fit, else the slowest measured
+        graph's times `unmeasured_factor`, else the warm-up prior; None while nothing at all is known."""
+        fit = self._rates.get(graph)
+        line = fit.line() if fit is not None else None
+        if line is not None:
+            return line
+        measured = [line for f in self._rates.values() if (line := f.line()) is not None]
         if measured:
-            return max(measured) * self.unmeasured_factor
-        return self.prior_s_per_unit
+            fixed, slope = max(measured, key=lambda fs: fs[1])
+            return fixed * self.unmeasured_factor, slope * self.unmeasured_factor
+        return None if self.prior_s_per_unit is None else (0.0, self.prior_s_per_unit)
+
+    def seconds_per_unit(self, graph: str) -> float | None:
+        """The marginal seconds per unit for `graph` (None while nothing at all is known)."""
+        line = self._line(graph)
+        return None if line is None else line[1]
 
     def seconds(self, graph: str, real_units: float) -> float | None:
-        """Estimated inference seconds for `real_units` of queued work on `graph`, padding included."""
-        rate = self.seconds_per_unit(graph)
-        if rate is None:
+        """Estimated inference seconds for `real_units` of queued work on `graph`: padding included, and the
+        fixed cost of the batches it needs (at least one, however little the work)."""
+        line = self._line(graph)
+        if line is None:
             return None
-        return real_units * self.padding_ratio * rate
+        fixed, slope = line
+        padded = real_units * self.padding_ratio
+        batches = max(1.0, math.ceil(padded / self.batch_units)) if padded > 0 else 0.0
+        return padded * slope + fixed * batches
 
     @property
     def padding_ratio(self) -> float:
@@ -109,7 +157,7 @@ class WorkEstimate:
         """A finished batch: `seconds` of (busy) inference time for `padded_units` of work."""
         if padded_units <= 0 or seconds <= 0:
             return
-        self._rates.setdefault(graph, _Rate()).add(seconds, padded_units)
+        self._rates.setdefault(graph, _Fit()).add(padded_units, seconds)
         if real_units > 0:
             self._padding.add(padded_units, real_units)
 
@@ -125,6 +173,6 @@ class WorkEstimate:
 
     def typical_seconds(self, real_units: float) -> float | None:
         """Like `seconds`, for work whose graph is not known yet: priced at the graph that did most work."""
-        measured = [(r.units, g) for g, r in self._rates.items() if r.per_unit is not None]
+        measured = [(fit.sx, g) for g, fit in self._rates.items() if fit.line() is not None]
         graph = max(measured)[1] if measured else ""
         return self.seconds(graph, real_units)

@@ -12,6 +12,7 @@ accepting and waits for in-flight requests, then the lifespan drains every model
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -62,6 +63,16 @@ def _drain_budget_s(settings: Settings, lifecycle: Lifecycle) -> float:
     return max(0.0, settings.drain_delay_s + settings.graceful_timeout_s - spent)
 
 
+async def _watch_loop_lag(metrics: Metrics, interval_s: float = 0.05) -> None:
+    """Sample how late the event loop runs a timer (`embed_event_loop_lag_seconds`): under a burst, the time a
+    probe or a refusal waits before any code of ours runs for it."""
+    loop = asyncio.get_running_loop()
+    while True:
+        due = loop.time() + interval_s
+        await asyncio.sleep(interval_s)
+        metrics.loop_lag.observe(max(0.0, loop.time() - due))
+
+
 def create_app(settings: Settings, *, models: Sequence[LoadedModel] | None = None) -> FastAPI:
     """Build the app. `models` (from `load_models`) skips loading when __main__ has already done it."""
     metrics = Metrics()
@@ -78,12 +89,14 @@ def create_app(settings: Settings, *, models: Sequence[LoadedModel] | None = Non
         await registry.start()
         lifecycle.started_at = time.time()
         lifecycle.ready = True
+        lag_watch = asyncio.create_task(_watch_loop_lag(metrics), name="loop-lag")
         for handle in registry:
             logger.info("ready: model=%s task=%s provider=%s graph=%s", handle.name, handle.task,
                         handle.runner.provider, handle.runner.variant)
         try:
             yield
         finally:
+            lag_watch.cancel()
             lifecycle.draining = True
             lifecycle.ready = False
             await registry.stop(timeout_s=_drain_budget_s(settings, lifecycle))

@@ -54,6 +54,11 @@ class Metrics:
                                       registry=r)
         self.inference_failures = Counter("embed_inference_failures", "Inputs whose forward pass failed", ["model"],
                                           registry=r)
+        # How late the event loop runs a timer: what every probe and every refusal waits for under a burst.
+        self.loop_lag = Histogram(
+            "embed_event_loop_lag_seconds", "How late a 50 ms timer fired on the event loop (sampled 20 times a s)",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5), registry=r,
+        )
         self.resident_bytes = Gauge(
             "embed_model_resident_bytes", "Resident memory a model added when it was loaded and warmed (estimate)",
             ["model"], registry=r,

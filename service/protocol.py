@@ -145,7 +145,7 @@ def header_deadline_protocol(header_timeout_s: float, door: Door | None = None,
             if door is None or not door.guards(scope["method"], scope["path"]):
                 super()._start_asgi_task(cycle, app)
                 return
-            exc = door.refusal()
+            exc = door.refusal(scope)
             if exc is None:
                 scope["state"][COUNTED] = True
                 super()._start_asgi_task(cycle, door.counted(app))

@@ -58,6 +58,21 @@ def test_full_batches_weigh_more_than_lone_rows() -> None:
     assert rate < 1.05 * (0.25 / 2000)
 
 
+def test_a_batch_has_a_fixed_cost_besides_its_tokens() -> None:
+    """Calm traffic runs lone rows whose time is mostly fixed cost: a burst's full batches must not be priced
+    at a lone row's seconds per token (that refused calm-sized traffic on the first try of this estimate)."""
+    est = WorkEstimate(batch_units=2000)
+    for size in (8, 12, 10, 9, 11):
+        est.observe_batch("embed", size, size, 0.0006 + 0.0001 * size)  # 0.6 ms fixed + 0.1 ms per unit
+    full = est.seconds("embed", 2000)
+    assert full is not None
+    assert full == pytest.approx(0.0006 + 0.2, rel=0.02)  # not 2000 x (1.6 ms / 10) = 0.32 s
+    two_batches = est.seconds("embed", 4000)
+    assert two_batches == pytest.approx(2 * 0.0006 + 0.4, rel=0.02)
+    est.observe_batch("embed", 2000, 2000, 0.2006)
+    assert est.seconds("embed", 10) == pytest.approx(0.0016, rel=0.05)
+
+
 def test_long_inputs_cost_more_than_their_token_count() -> None:
     knee = attention_knee({"hidden_size": 384, "intermediate_size": 1536})
     assert knee == 2 * 384 + 1536
