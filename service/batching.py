@@ -5,9 +5,17 @@ Why it looks the way it does:
 * Admission before work. `try_admit` reserves queue slots in O(1) *before* the route tokenizes anything, so
   an overloaded server sheds load with a cheap 429 instead of tokenizing text it will never compute (TEI's
   `try_acquire_permit`). Slots are released one by one as items settle (result, error, timeout, cancel).
+* Admission keeps its promise. With `deadline_share` set, slots are not the only limit: the cost model
+  (service/admission.py) prices the queued work in seconds at the measured throughput, and a request whose
+  work cannot start before its queue deadline (with headroom) is refused 429 up front, priced at the mean
+  item before tokenizing and exactly at `submit`, instead of being admitted and answered 503 ten seconds later.
 * Length-aware, fair batches. The oldest waiting item anchors every batch (no starvation); the batch then
-  grows with the same-graph pending items whose lengths add the least padding, within `max_batch_size` rows
-  and `max_batch_tokens` padded tokens (rows x longest row). An item longer than the budget runs alone.
+  grows with the same-graph pending items whose lengths add the least padding, chosen among the oldest
+  `_POOL_BATCHES` batches' worth of work (so later requests cannot overtake an early one without bound),
+  within `max_batch_size` rows and `max_batch_tokens` padded tokens (rows x longest row). An item longer
+  than the budget runs alone. Small requests (`small_request_tokens`) may run in a batch of their own before
+  the next batch holding big work, at most every other turn: a one-sentence request is not held behind a
+  burst's seconds of 16-sentence requests, and a stream of small ones cannot starve the big.
 * A short wait window. A batch forms once its anchor has waited `max_wait_ms` or a full batch is pending, so
   a lone request is delayed by at most the window and a burst lands in one batch. With `adaptive_window` the
   window is skipped while it is not paying: the recent batches held about one row each (so nothing joined

@@ -189,6 +189,10 @@ class OnnxRunner:
         # the 2-core Zen 5 box) but keep cores busy between them; on some CPUs that starves the event loop and
         # the tokenizer threads instead (docs/contract.md, EMBED_INTRA_OP_SPINNING).
         options.add_session_config_entry("session.intra_op.allow_spinning", "1" if settings.intra_op_spinning else "0")
+        # Spin inside a forward pass (its many small ops need it) but not after it: between batches the spinning
+        # threads would take the cores from the event loop and the tokenizer, which a burst needs most.
+        stop = "0" if settings.intra_op_spin_after_run else "1"
+        options.add_session_config_entry("session.force_spinning_stop", stop)
         wanted, reason = self._wanted_providers(settings)
         try:
             session = ort.InferenceSession(str(path), sess_options=options, providers=wanted)

@@ -85,6 +85,8 @@ class Settings(BaseSettings):
     intra_op_threads: int = Field(0, ge=0)
     inter_op_threads: int = Field(1, ge=0)
     intra_op_spinning: bool = True
+    # Keep spinning after a forward pass returns (onnxruntime's default) instead of stopping at once.
+    intra_op_spin_after_run: bool = False
     # Round each batch's padded width up to a multiple of this (1 = off). onnxruntime keeps per-shape state, so
     # fewer distinct shapes keep RSS flat over a long run; padding is masked, so results do not change.
     pad_to_multiple: int = Field(8, ge=1)
