@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 
 # Weight of the past in the decayed sums, per finished batch: about the last five batches decide the rate.
 _DECAY = 0.8
+# A batch slower than this many times the estimate is taken at that bound (see WorkEstimate.observe_batch).
+_OUTLIER = 10.0
 
 
 def attention_knee(config: dict[str, object]) -> float:
@@ -154,9 +156,18 @@ class WorkEstimate:
         return self._item_units.seconds / self._item_units.units if self._item_units.units > 0 else None
 
     def observe_batch(self, graph: str, padded_units: float, real_units: float, seconds: float) -> None:
-        """A finished batch: `seconds` of (busy) inference time for `padded_units` of work."""
+        """A finished batch: `seconds` of (busy) inference time for `padded_units` of work.
+
+        A batch over `_OUTLIER` times what the estimate expected counts as that bound: the first batch of a lazily
+        built graph carries the session's build (~0.3 s for a batch of microseconds), and taken whole it would
+        price that graph's work hundreds of times too high until it decayed, refusing requests on an idle server.
+        A real slowdown still shows: each batch moves the estimate up to that bound."""
         if padded_units <= 0 or seconds <= 0:
             return
+        line = self._line(graph)
+        if line is not None:
+            expected = line[0] + line[1] * padded_units
+            seconds = min(seconds, _OUTLIER * expected) if expected > 0 else seconds
         self._rates.setdefault(graph, _Fit()).add(padded_units, seconds)
         if real_units > 0:
             self._padding.add(padded_units, real_units)

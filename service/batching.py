@@ -405,7 +405,7 @@ class Batcher(Generic[PreparedT, ResultT]):
         if per_request is not None and not small:
             backlog = max(backlog, self._estimate.typical_seconds(requests_at_door * per_request) or 0.0)
             newcomer = self._estimate.typical_seconds(per_request) or 0.0
-        if backlog > 0 and backlog + newcomer > budget:
+        if backlog > self._one_batch_s() and backlog + newcomer > budget:
             raise QueueFullError("the server is at capacity; retry later",
                                  retry_after_s=_spread_retry(backlog + newcomer - budget, backlog))
 
@@ -503,7 +503,10 @@ class Batcher(Generic[PreparedT, ResultT]):
 
         `small`: for a small request, which waits only for the running batch, the small lane's own queue, and
         one regular batch per small-lane batch ahead of it (the lane takes every other turn)."""
-        total = max(0.0, self._executing_until - time.monotonic()) if self._executing else 0.0
+        # What the running batch has left, at most a full batch: its estimate can be stale or inflated, and a
+        # batch that runs long is the watchdog's business, not a reason to refuse everyone meanwhile.
+        total = min(max(0.0, self._executing_until - time.monotonic()), self._one_batch_s()) \
+            if self._executing else 0.0
         if small:
             small_units = sum(self._small_units.values())
             regular_units = sum(self._queued_units.values()) - small_units
@@ -531,6 +534,10 @@ class Batcher(Generic[PreparedT, ResultT]):
         backlog = self.backlog_s() if budget is not None else None
         return budget is not None and backlog is not None and backlog > budget
 
+    def _one_batch_s(self) -> float:
+        """A full batch's estimated seconds (0 while nothing is known)."""
+        return self._estimate.typical_seconds(float(self._cfg.max_batch_tokens)) or 0.0
+
     def _deadline_budget_s(self, *, small: bool = False) -> float | None:
         """How long admitted work may wait: `deadline_share` of the queue deadline; for a small request at
         most `_SMALL_LANE_BATCHES` full batches, so that a burst made of small requests (all in the lane) still
@@ -548,10 +555,11 @@ class Batcher(Generic[PreparedT, ResultT]):
     def _check_deadline(self, own_s: float | None, backlog_s: float | None, *, small: bool = False) -> None:
         """Refuse (QueueFullError, Retry-After from the same estimate) work that would wait past the budget.
 
-        Work ahead of nothing is always admitted: a request bigger than the budget on an idle server still runs.
+        Work behind at most one batch is always admitted: a request bigger than the budget on a server that is
+        idle, or running a lone small batch, still runs.
         """
         budget = self._deadline_budget_s(small=small)
-        if budget is None or own_s is None or backlog_s is None or backlog_s <= 0:
+        if budget is None or own_s is None or backlog_s is None or backlog_s <= self._one_batch_s():
             return
         if backlog_s + own_s > budget:
             raise QueueFullError("the server is at capacity; retry later",

@@ -127,7 +127,9 @@ def test_sigterm_drains_every_models_queue(start_server: Callable[..., ServerPro
     def both_queued() -> bool:  # a 500 ms batching window holds the requests in both queues
         text = httpx.get(f"{srv.base_url}/metrics", timeout=2).text
         depths = dict(re.findall(r'^embed_queue_depth\{model="(\w+)"\} (\S+)$', text, re.MULTILINE))
-        return all(float(depths.get(m, 0)) > 0 for m in ("left", "right"))
+        # Every request received, not only some: a connection whose request is still on the wire when SIGTERM
+        # comes is idle to uvicorn and closed (the client's ReadError), which is not work the server accepted.
+        return sum(float(depths.get(m, 0)) for m in ("left", "right")) >= 16
 
     assert wait_for(both_queued, 5)
     srv.terminate()

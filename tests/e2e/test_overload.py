@@ -44,7 +44,7 @@ def test_16_sentence_burst_finishes_what_it_admits(start_server: Callable[..., S
 
     Before deadline-aware admission this shape got 1 x 200 and 127 x 503 of 128 admitted (the queue's slots
     held ~10 s of work): the share below was ~0.01. Margins are for a noisy 2-core box with the client on the
-    same cores: >= 0.9 admitted-finished (0.97-1.0 recorded), probes p99 <= 1 s (< 0.3 s recorded).
+    same cores: >= 0.9 admitted-finished (0.99-1.0 in the recorded 15 s runs), probes p99 <= 1 s (< 0.06 s recorded).
     """
     srv = start_server(real_artifact_dir)
     args: argparse.Namespace = parser().parse_args([

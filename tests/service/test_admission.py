@@ -73,6 +73,16 @@ def test_a_batch_has_a_fixed_cost_besides_its_tokens() -> None:
     assert est.seconds("embed", 10) == pytest.approx(0.0016, rel=0.05)
 
 
+def test_a_lazily_built_graphs_first_batch_does_not_price_its_work_for_ever() -> None:
+    est = WorkEstimate()
+    for _ in range(5):
+        est.observe_batch("embed", 1000, 1000, 0.1)
+    est.observe_batch("attention", 100, 100, 5.0)  # 50 s per 1,000 units: the session build, not the work
+    rate = est.seconds_per_unit("attention")
+    assert rate is not None
+    assert rate <= 10 * 2 * 1e-4 * 1.01  # at most 10x the unmeasured-graph estimate (2x the embed rate)
+
+
 def test_long_inputs_cost_more_than_their_token_count() -> None:
     knee = attention_knee({"hidden_size": 384, "intermediate_size": 1536})
     assert knee == 2 * 384 + 1536
@@ -168,6 +178,26 @@ def test_an_idle_server_admits_a_request_bigger_than_the_budget() -> None:
         async with started(runner, **DEADLINE) as b:
             rows = [tokens(i, 10) for i in range(30)]  # 3 s of work > the 2 s budget, nothing ahead of it
             assert_results(await embed(b, rows), rows)
+
+    run(main)
+
+
+def test_a_big_request_is_admitted_behind_a_lone_small_batch() -> None:
+    """A serial client's large request must not get 429 because a one-row batch happens to be running."""
+    runner = FakeRunner()
+    runner.gate.clear()
+
+    async def main() -> None:
+        async with started(runner, **DEADLINE) as b:
+            first = asyncio.create_task(embed(b, [tokens(0, 10)]))  # 0.1 s running: under one batch (0.4 s)
+            await wait_until(lambda: runner.entered.is_set())
+            b.check_capacity()  # the door lets it in
+            rows = [tokens(i, 10) for i in range(1, 31)]  # 3 s of work > the 2 s budget
+            big = asyncio.create_task(embed(b, rows))
+            await asyncio.sleep(0.01)
+            runner.gate.set()
+            assert_results(await big, rows)
+            await first
 
     run(main)
 
