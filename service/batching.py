@@ -51,7 +51,7 @@ from typing import Any, Generic, Protocol, TypeVar
 
 import numpy as np
 
-from service.admission import RefusalPressure, WorkEstimate
+from service.admission import WorkEstimate
 from service.errors import InferenceError, QueueFullError, QueueTimeoutError, ServiceError, UnavailableError
 
 logger = logging.getLogger(__name__)
@@ -65,7 +65,7 @@ _ROWS_SMOOTHING = 0.2
 _POOL_BATCHES = 4
 # A small request is admitted while the small lane's wait (the running batch included) is under this many
 # full batches' time.
-_SMALL_LANE_BATCHES = 1.0
+_SMALL_LANE_BATCHES = 1.5
 
 PreparedT = TypeVar("PreparedT")  # a runner's padded batch: made by its `prepare`, consumed by its `execute`
 ResultT = TypeVar("ResultT")  # a runner's per-row result (`service.runner.RowResult`)
@@ -311,7 +311,6 @@ class Batcher(Generic[PreparedT, ResultT]):
         self._executing = 0  # batches on the inference thread
         self._last_progress = time.monotonic()
         self._items_per_s = 0.0  # smoothed throughput, for Retry-After
-        self._pressure = RefusalPressure()
         self._estimate = WorkEstimate(config.row_units, config.prior_s_per_unit,
                                       batch_units=float(config.max_batch_tokens))
         self._queued_units: dict[str, float] = {}  # per graph: items submitted and not yet computing
@@ -408,7 +407,7 @@ class Batcher(Generic[PreparedT, ResultT]):
             newcomer = self._estimate.typical_seconds(per_request) or 0.0
         if backlog > self._one_batch_s() and backlog + newcomer > budget:
             raise QueueFullError("the server is at capacity; retry later",
-                                 retry_after_s=self._refusal_retry(backlog + newcomer - budget, backlog))
+                                 retry_after_s=_spread_retry(backlog + newcomer - budget, backlog))
 
     @property
     def max_queue_size(self) -> int:
@@ -465,8 +464,6 @@ class Batcher(Generic[PreparedT, ResultT]):
         if not items:
             return []
         self._estimate.observe_request(len(items), sum(units))
-        if enforce_deadline:
-            self._pressure.admitted(time.monotonic())
         loop = asyncio.get_running_loop()
         now = time.monotonic()
         request: _Request[ResultT] = _Request(outcomes=[None] * len(items), remaining=len(items),
@@ -537,13 +534,6 @@ class Batcher(Generic[PreparedT, ResultT]):
         backlog = self.backlog_s() if budget is not None else None
         return budget is not None and backlog is not None and backlog > budget
 
-    def _refusal_retry(self, excess_s: float, backlog_s: float) -> int:
-        """Retry-After for a deadline refusal: when the backlog will have room, plus a random share of the
-        backlog stretched by how many are being refused per admission (service/admission.RefusalPressure)."""
-        now = time.monotonic()
-        self._pressure.refused(now)
-        return _spread_retry(excess_s, backlog_s * self._pressure.ratio(now))
-
     def _one_batch_s(self) -> float:
         """A full batch's estimated seconds (0 while nothing is known)."""
         return self._estimate.typical_seconds(float(self._cfg.max_batch_tokens)) or 0.0
@@ -551,8 +541,7 @@ class Batcher(Generic[PreparedT, ResultT]):
     def _deadline_budget_s(self, *, small: bool = False) -> float | None:
         """How long admitted work may wait: `deadline_share` of the queue deadline; for a small request at
         most `_SMALL_LANE_BATCHES` full batches, so that a burst made of small requests (all in the lane) still
-        answers each within about a batch or two instead of queueing seconds of them (1,000 one-sentence
-        clients: 1.5 batches missed "2 x calm + one batch", 0.75 met it but cut goodput to 0.69, 1.0 met both)."""
+        answers each within about a batch or two instead of queueing seconds of them."""
         share = self._cfg.deadline_share
         if share is None:
             return None
@@ -574,7 +563,7 @@ class Batcher(Generic[PreparedT, ResultT]):
             return
         if backlog_s + own_s > budget:
             raise QueueFullError("the server is at capacity; retry later",
-                                 retry_after_s=self._refusal_retry(backlog_s + own_s - budget, backlog_s))
+                                 retry_after_s=_spread_retry(backlog_s + own_s - budget, backlog_s))
 
     # ---- introspection
 
@@ -986,7 +975,7 @@ def _spread_retry(excess_s: float, backlog_s: float) -> int:
     take it (`excess_s`), plus a random share of the backlog. Every client of a burst refused in the same
     second would otherwise come back in the same second, and the server would spend the burst refusing
     synchronised waves instead of computing (measured: ~740 refusals/s from 800 clients told "1")."""
-    return _clamp_retry(excess_s + random.random() * min(backlog_s, 60.0))  # noqa: S311 - jitter, not a secret
+    return _clamp_retry(excess_s + random.random() * backlog_s)  # noqa: S311 - jitter, not a secret
 
 
 def _clamp_retry(seconds: float) -> int:
