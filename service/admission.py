@@ -53,16 +53,14 @@ def row_units_for(knee: float) -> Callable[[str, int], float]:
 
 @dataclass
 class _Rate:
+    """A decayed ratio of two sums (padded per real unit, units per item, units per request)."""
+
     seconds: float = 0.0
     units: float = 0.0
 
     def add(self, seconds: float, units: float) -> None:
         self.seconds = self.seconds * _DECAY + seconds
         self.units = self.units * _DECAY + units
-
-    @property
-    def per_unit(self) -> float | None:
-        return self.seconds / self.units if self.units > 0 else None
 
 
 @dataclass
