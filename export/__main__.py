@@ -39,6 +39,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--int8-min-cosine", type=float, default=0.99,
                         help="leave the int8 variant out below this mean cosine vs fp32 (task models: also "
                              "int8/fp16 below this logits correlation or sparse-vector cosine vs torch)")
+    parser.add_argument("--no-explain", action="store_true",
+                        help="leave out the explain graph (model_explain.onnx, /v1/explain)")
     parser.add_argument("--task", choices=("auto", "embed", "rerank", "classify", "sparse"), default="auto",
                         help="what to export: auto (default) detects it from config.json's architectures and "
                              "the sentence-transformers files (SpladePooling -> sparse, "
@@ -65,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     options = ExportOptions(
         model_dir=model_dir, out_dir=out_dir, model_name=name, force=args.force,
         variants=not args.skip_variants, int8_min_cosine=args.int8_min_cosine, task=args.task,
+        explain=not args.no_explain,
     )
     try:
         run_export(options)

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from tokenizers import Tokenizer
 
-from export import onnx_export, optimize, tokenizer_info
+from export import explain_graph, onnx_export, optimize, tokenizer_info
 from export.manifest import (
     FORMAT_VERSION,
     io_spec,
@@ -61,6 +61,7 @@ class ExportOptions:
     int8_min_cosine: float = 0.99
     external_data_threshold: int = onnx_export.EXTERNAL_DATA_THRESHOLD  # lowered in tests
     task: str = "auto"  # auto | embed | rerank | classify | sparse (auto: model.task_checkpoint.detect_task)
+    explain: bool = True  # the explain graph (/v1/explain) of an embedding model
 
 
 def inputs_fingerprint(options: ExportOptions) -> str:
@@ -80,7 +81,7 @@ def inputs_fingerprint(options: ExportOptions) -> str:
     versions.pop("python", None)
     digest.update(repr(sorted(versions.items())).encode())
     digest.update(f"{options.model_name}|{options.variants}|{options.int8_min_cosine}|"
-                  f"{options.external_data_threshold}|{options.task}".encode())
+                  f"{options.external_data_threshold}|{options.task}|{options.explain}".encode())
     return digest.hexdigest()
 
 
@@ -229,6 +230,17 @@ def _common_manifest(options: ExportOptions, fingerprint: str, checkpoint: Loade
     }
 
 
+def _export_explain(encoder: Any, build: _Build, options: ExportOptions) -> dict[str, Any]:
+    """The explain graph, checked output by output against the PyTorch walk-through; its manifest entry."""
+    path = build.dir / explain_graph.FILE
+    explain_graph.export(encoder, path, external_data_threshold=options.external_data_threshold)
+    try:
+        report = explain_graph.check(encoder, path, build.tokenizer)
+    except ValueError as exc:
+        raise ValidationError(str(exc)) from None
+    return explain_graph.manifest_entry(encoder, path, report)
+
+
 def resolve_task(options: ExportOptions) -> str:
     """The task to export: the one asked for, or (auto) what the checkpoint's files say it was trained for."""
     from model.heads import TASKS
@@ -279,6 +291,7 @@ def run_export(options: ExportOptions) -> Path:
                                f"{options.int8_min_cosine} (--int8-min-cosine)")
         if report.failures:
             raise ValidationError("; ".join(report.failures))
+        explain_entry = _export_explain(encoder, build, options) if options.explain else None
         ranges = quantization_ranges(encoder, build.tokenizer, max_len, names, side, pad_id,
                                      checkpoint.pooling.normalize)
         outputs = [io_spec("last_hidden_state", "float32", ["batch_size", "sequence_length", config.hidden_size]),
@@ -296,6 +309,8 @@ def run_export(options: ExportOptions) -> Path:
                                ["batch_size", "sequence_length"]) for n in names],
             "graphs": {name: _graph_entry(name, outputs, report, build.dir) for name in build.graphs},
         }
+        if explain_entry is not None:
+            manifest["graphs"]["explain"] = explain_entry
         write_manifest(build.dir, manifest)
     log.info("wrote %s (%s)", options.out_dir, ", ".join(sorted(build.graphs)))
     return options.out_dir

@@ -28,7 +28,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service import __version__
-from service.api import task_routes  # noqa: F401  (registers the task routes on `inference`)
+from service.api import explain_routes, task_routes  # noqa: F401  (they register their routes on `inference`)
 from service.api.deps import AppContext, Lifecycle
 from service.api.errors import INTERNAL_ERROR_MESSAGE, error_response, family_of, install_error_handlers
 from service.api.openapi import ServedLimits, describe

@@ -108,6 +108,7 @@ class BatchItem:
     graph: str = "embed"  # batches never mix graphs
     prompt_length: int = 0  # prompt tokens at the start, fed to models that pool without them
     type_ids: np.ndarray | None = None  # segment ids of a text pair (rerank, pair classification); None: all 0
+    query_index: int = 0  # the explain graph's query token (the graph keeps its per-head outputs)
 
 
 class TokenRow(np.ndarray):
@@ -117,12 +118,15 @@ class TokenRow(np.ndarray):
 
     prompt_length: int = 0
     type_ids: np.ndarray | None = None
+    query_index: int = 0
 
     @classmethod
-    def of(cls, token_ids: np.ndarray, prompt_length: int = 0, type_ids: np.ndarray | None = None) -> TokenRow:
+    def of(cls, token_ids: np.ndarray, prompt_length: int = 0, type_ids: np.ndarray | None = None,
+           query_index: int = 0) -> TokenRow:
         row = np.ascontiguousarray(token_ids, dtype=np.int64).view(cls)
         row.prompt_length = prompt_length
         row.type_ids = type_ids
+        row.query_index = query_index
         return row
 
 
@@ -447,7 +451,7 @@ class Batcher(Generic[PreparedT, ResultT]):
         if admission._batcher is not self:
             raise ValueError("admission belongs to another batcher")
         try:
-            rows = [TokenRow.of(item.token_ids, item.prompt_length, item.type_ids) for item in items]
+            rows = [TokenRow.of(item.token_ids, item.prompt_length, item.type_ids, item.query_index) for item in items]
             if any(row.ndim != 1 or row.size == 0 for row in rows):
                 raise ValueError("token_ids must be non-empty 1-D arrays")
             units = [self._estimate.units(item.graph, len(row)) for item, row in zip(items, rows, strict=True)]

@@ -20,17 +20,19 @@ from typing import Any, Literal, cast
 
 import numpy as np
 
+from service import explain as explanation
 from service.artifacts import Manifest
 from service.batching import Batcher, BatchItem, ItemOutcome
 from service.errors import (
     AttentionBudgetError,
+    ExplainBudgetError,
     InferenceError,
     InvalidRequestError,
     PayloadTooLargeError,
     ServiceError,
 )
 from service.metrics import ModelMetrics
-from service.runner import ATTENTION, EMBED, SCORE, SPARSE, TOKENS, RowResult
+from service.runner import ATTENTION, EMBED, EXPLAIN, SCORE, SPARSE, TOKENS, RowResult
 from service.settings import Settings
 from service.tokenizer import Encoded, TextTokenizer, TruncationPolicy
 
@@ -98,6 +100,19 @@ class RowsResult:
     @property
     def truncated_indexes(self) -> list[int]:
         return [i for i, e in enumerate(self.encoded) if e.truncated]
+
+
+@dataclass(frozen=True)
+class ExplainRun:
+    """One input through the explain graph: its tokens, the query token, every output by name, the costs."""
+
+    encoded: Encoded
+    token: int
+    outputs: dict[str, np.ndarray]
+    timings: Timings
+    prompt_tokens: int
+    characters: int
+    truncated_indexes: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -237,6 +252,75 @@ class Engine:
         prefix = self.prompt(prompt_name)
         return await self._run_rows(len(inputs), SPARSE, lambda: self._tokenize_inputs(inputs, policy, prefix))
 
+    @property
+    def explain_max_tokens(self) -> int:
+        """The longest input (special tokens included) the explain routes take: their limit, within the window."""
+        return min(self.settings.explain_max_tokens, self.manifest.max_seq_length)
+
+    async def explain_tokens(self, texts: Sequence[str]) -> list[Encoded]:
+        """Tokenize inputs for an explanation: no prompt, never truncated, each within `explain_max_tokens`
+        (an explanation of a cut text would explain another text)."""
+        self._check_count(len(texts))
+        encoded = await self.tokenizer.aencode_batch(texts, TruncationPolicy(truncate=False), self._executor,
+                                                     enforce_window=False)
+        limit = self.explain_max_tokens
+        for i, e in enumerate(encoded):
+            if e.token_count > limit:
+                where = "input" if len(texts) == 1 else f"input[{i}]"
+                raise ExplainBudgetError(
+                    f"{where} has {e.token_count} tokens; explanations take at most {limit} "
+                    "(EMBED_EXPLAIN_MAX_TOKENS, within the model's window): send a shorter text",
+                    param=where)
+        return encoded
+
+    def check_explain_selection(self, layer: int, head: int) -> None:
+        """Layer and head in range, and the explain graph there: checked before any tokenizing or compute."""
+        if EXPLAIN not in self.graphs:
+            raise InvalidRequestError("explanations are not available for this model artifact (exported without "
+                                      "its explain graph, or EMBED_EXPLAIN_GRAPH=off)", param="model",
+                                      code="explain_unavailable")
+        for name, value, count in (("layer", layer, self.manifest.num_layers),
+                                   ("head", head, self.manifest.num_heads)):
+            if not 0 <= value < count:
+                raise InvalidRequestError(f"{name} must be in [0, {count})", param=name)
+
+    async def explain(self, text: str, layer: int, head: int, token: int | None) -> ExplainRun:
+        """One input through the explain graph, with `token` (None: the first non-special one) as the query."""
+        started = time.perf_counter()
+        self.check_explain_selection(layer, head)
+        chosen: list[int] = []
+
+        async def tokenize() -> list[Encoded]:
+            (encoded,) = await self.explain_tokens([text])
+            seq = encoded.token_count
+            index = explanation.default_token(encoded) if token is None else token
+            if not 0 <= index < seq:
+                raise InvalidRequestError(f"token must be in [0, {seq}): the input has {seq} tokens", param="token")
+            chosen.append(index)
+            return [encoded]
+
+        encoded, rows, timings = await self._submit(1, EXPLAIN, tokenize, EncodeOptions(),
+                                                    query_index=lambda: chosen[0])
+        outputs = rows[0].explain
+        if outputs is None or not all(np.isfinite(v).all() for v in outputs.values()):
+            logger.error("non-finite or missing explain outputs for an input of %d tokens", encoded[0].token_count)
+            raise InferenceError()
+        total_s = time.perf_counter() - started
+        self.metrics.observe_stage("total", total_s)
+        return ExplainRun(encoded[0], chosen[0], outputs, replace(timings, total_ms=total_s * 1000),
+                          encoded[0].token_count, encoded[0].char_count)
+
+    async def similarity_explain(self, texts: Sequence[str]) -> tuple[list[Encoded], EncodeResult]:
+        """Two inputs through the main graph, for the token-pair split of their cosine: the tokens (no prompt, so
+        every token is the input's), and each input's pooled vector (not normalised) and contextual vectors."""
+        if len(texts) != 2:
+            raise InvalidRequestError("input must be exactly two texts", param="input", code="invalid_value")
+        encoded = await self.explain_tokens(texts)
+        options = EncodeOptions(policy=TruncationPolicy(truncate=False), normalize=False, token_embeddings=True,
+                                prompt_name=NO_PROMPT)
+        result = await self.encode([[int(i) for i in e.ids] for e in encoded], options)
+        return encoded, result
+
     def _pair_limit(self, param: str) -> int:
         return self.settings.max_documents_per_request if param in ("texts", "documents") else \
             self.settings.max_inputs_per_request
@@ -256,9 +340,11 @@ class Engine:
                           sum(e.token_count for e in encoded), sum(e.char_count for e in encoded))
 
     async def _submit(self, n: int, graph: str, tokenize: Callable[[], Awaitable[list[Encoded]]],
-                      options: EncodeOptions) -> tuple[list[Encoded], list[RowResult], Timings]:
+                      options: EncodeOptions, query_index: Callable[[], int] = lambda: 0,
+                      ) -> tuple[list[Encoded], list[RowResult], Timings]:
         """Admit `n` inputs, tokenize them, check the token limits, batch and wait: the one path every head's
         request takes. Slots are reserved before tokenizing, so an overloaded server answers 429 at once.
+        `query_index` (asked after tokenizing) is the explain graph's query token.
         Returns the stage timings without the total (the caller's post-processing belongs to it)."""
         with self.batcher.try_admit(n) as admission:
             t0 = time.perf_counter()
@@ -266,7 +352,8 @@ class Engine:
             tokenize_s = time.perf_counter() - t0
             self.metrics.observe_stage("tokenize", tokenize_s)
             self._check_tokens(encoded, options)
-            items = [BatchItem(e.ids, graph, e.prompt_length, e.type_ids) for e in encoded]
+            query = query_index()
+            items = [BatchItem(e.ids, graph, e.prompt_length, e.type_ids, query) for e in encoded]
             outcomes = await self.batcher.submit(admission, items)
         rows, queue_ms, inference_ms = self._rows_or_raise(outcomes)
         self.metrics.observe_stage("queue", queue_ms / 1000)

@@ -113,6 +113,12 @@ class AttentionBudgetError(RequestError):
     code = "attention_budget_exceeded"
 
 
+class ExplainBudgetError(RequestError):
+    """An input longer than /v1/explain's own token limit (EMBED_EXPLAIN_MAX_TOKENS)."""
+
+    code = "explain_budget_exceeded"
+
+
 class OverloadError(ServiceError):
     """The request is fine but cannot be served now; `retry_after_s` becomes the Retry-After header."""
 

@@ -6,6 +6,8 @@ graphs in one batch) keeps cheap and expensive work apart and each batch fetches
     "embed"      configured variant (fp32/int8/fp16) -> sentence_embedding
     "tokens"     configured variant                  -> sentence_embedding + last_hidden_state
     "attention"  model_attention.onnx (unfused)      -> the above + attentions
+    "explain"    model_explain.onnx, one unpadded row per pass -> every intermediate of the forward pass
+                 (/v1/explain's walk-through), the query token's per-head outputs
     "score"      configured variant of a reranker or classifier -> logits (B, labels)
     "sparse"     configured variant of a SPLADE model -> its top-k vocabulary weights per row (the vocabulary-
                  sized logits stay inside the graph)
@@ -42,6 +44,7 @@ TOKENS = "tokens"
 ATTENTION = "attention"
 SCORE = "score"
 SPARSE = "sparse"
+EXPLAIN = "explain"
 
 _OUTPUTS = {
     EMBED: ("sentence_embedding",),
@@ -49,7 +52,14 @@ _OUTPUTS = {
     ATTENTION: ("sentence_embedding", "last_hidden_state", "attentions"),
     SCORE: ("logits",),
     SPARSE: ("sparse_values", "sparse_indices"),
+    # The explain graph's outputs (model/explain.py EXPLAIN_OUTPUTS; docs/explain.md says what each is).
+    EXPLAIN: ("embed_token", "embed_position", "embed_segment", "embed_sum", "embed_output", "queries", "keys",
+              "values", "raw_scores", "scaled_scores", "probs", "position_bias", "visibility", "context",
+              "value_output_norms", "head_outputs", "attention_input", "attention_output", "attention_residual",
+              "attention_block_output", "ffn_output", "layer_output", "last_hidden_state"),
 }
+# Graphs built on first use (or at start, or never) by a setting: the graph -> the Settings field that says how.
+_OPTIONAL_GRAPHS = {ATTENTION: "attention_graph", EXPLAIN: "explain_graph"}
 # The graphs the configured variant's session answers, by the model's task.
 _MAIN_GRAPHS = {"embed": (EMBED, TOKENS), "rerank": (SCORE,), "classify": (SCORE,), "sparse": (SPARSE,)}
 
@@ -64,12 +74,15 @@ class RowResult:
     logits: np.ndarray | None = None  # (labels,) float32, raw (rerank / classify models)
     sparse_indices: np.ndarray | None = None  # (K,) int64 vocabulary ids, by weight descending (sparse models)
     sparse_values: np.ndarray | None = None  # (K,) float32 weights; zeros mean "fewer than K non-zeros"
+    explain: dict[str, np.ndarray] | None = None  # the explain graph's outputs by name (batch axis dropped)
 
     def first_output(self) -> np.ndarray:
         """Whichever main output this row has: the warm-up's finiteness check."""
         for value in (self.embedding, self.logits, self.sparse_values):
             if value is not None:
                 return value
+        if self.explain is not None:
+            return self.explain["last_hidden_state"]
         raise ValueError("a row result with no output")
 
 
@@ -124,16 +137,21 @@ class OnnxRunner:
         self.main_graphs = _MAIN_GRAPHS[manifest.task]
         for graph in self.main_graphs:
             self._sessions[graph] = main
-        # The attention graph (~90 MB of weights plus its arena, and only attention requests use it) is built at
-        # start-up when EMBED_ATTENTION_GRAPH=eager, on the first attention batch when lazy, never when off.
+        # The attention and explain graphs (~90 MB of weights each plus their arenas, used only by attention and
+        # explain requests) are built at start-up when their setting (EMBED_ATTENTION_GRAPH, EMBED_EXPLAIN_GRAPH) is
+        # eager, on the first batch that needs them when lazy, never when off.
         self._lazy_graphs: set[str] = set()
         self._lazy_lock = threading.Lock()
-        if manifest.task == "embed" and ATTENTION in manifest.graphs and settings.attention_graph != "off":
-            if settings.attention_graph == "eager":
-                self._sessions[ATTENTION] = self._build(manifest.graphs[ATTENTION].path, settings, first=False)
+        self._explain_warm_width = max(2, min(settings.explain_max_tokens, manifest.max_seq_length))
+        for graph, setting in _OPTIONAL_GRAPHS.items():
+            mode = getattr(settings, setting)
+            if manifest.task != "embed" or graph not in manifest.graphs or mode == "off":
+                continue
+            if mode == "eager":
+                self._sessions[graph] = self._build(manifest.graphs[graph].path, settings, first=False)
             else:
-                self._check_declared_outputs(ATTENTION)
-                self._lazy_graphs.add(ATTENTION)
+                self._check_declared_outputs(graph)
+                self._lazy_graphs.add(graph)
         for graph, session in self._sessions.items():
             self._check_outputs(graph, session)
 
@@ -235,6 +253,8 @@ class OnnxRunner:
         output (L×B×H×T×T) stays within the per-request attention budget's order of magnitude."""
         if graph not in self.graphs:
             raise ValueError(f"unknown graph {graph!r}")
+        if graph == EXPLAIN:
+            return Prepared(graph, tuple(self._explain_chunk(r) for r in rows))
         id_rows = [_row_ids(r) for r in rows]
         groups: list[list[np.ndarray]] = [id_rows]
         if graph == ATTENTION:
@@ -257,6 +277,9 @@ class OnnxRunner:
             outs = dict(zip(names, session.run(names, chunk.feeds), strict=True))
             if prepared.graph == SCORE:
                 results.extend(RowResult(logits=np.array(row, dtype=np.float32)) for row in outs["logits"])
+                continue
+            if prepared.graph == EXPLAIN:
+                results.append(RowResult(explain=outs))  # the graph's outputs have no batch axis
                 continue
             if prepared.graph == SPARSE:
                 results.extend(
@@ -318,6 +341,15 @@ class OnnxRunner:
             feeds["top_k"] = np.array([self.sparse_top_k], dtype=np.int64)  # (1,)
         return _Chunk(feeds, lengths)
 
+    def _explain_chunk(self, row: Any) -> _Chunk:
+        """One input, unpadded (batch 1): the explain graph's walk-through is of one sequence."""
+        ids = _row_ids(row)[None, :]  # (1, T)
+        feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids),
+                 "query_index": np.array([int(getattr(row, "query_index", 0))], dtype=np.int64)}
+        if "token_type_ids" in self.manifest.inputs:
+            feeds["token_type_ids"] = np.zeros_like(ids)
+        return _Chunk(feeds, (ids.shape[1],))
+
     def _attention_groups(self, rows: list[np.ndarray]) -> list[list[np.ndarray]]:
         per_position = max(self.manifest.num_layers * self.manifest.num_heads, 1)
         groups: list[list[np.ndarray]] = []
@@ -339,7 +371,7 @@ class OnnxRunner:
         """Run the largest batch the settings allow, so shape or memory errors show at start-up, not at load."""
         rows = max(1, min(max_batch_size, max_batch_tokens // self.manifest.max_seq_length))
         first, *others = self.main_graphs
-        for graph, n in ((first, rows), *((g, 1) for g in others), (ATTENTION, 1)):
+        for graph, n in ((first, rows), *((g, 1) for g in others), (ATTENTION, 1), (EXPLAIN, 1)):
             if graph in self._sessions:
                 t0 = time.perf_counter()
                 self._warm(graph, n)
@@ -352,7 +384,9 @@ class OnnxRunner:
         special = self.manifest.special_tokens
         # Any in-vocabulary id will do (shapes and finiteness are what is checked): the model's own unknown or
         # padding token, led by its [CLS]/<s> (or BOS) where it has one.
-        filler = np.full(self.manifest.max_seq_length, special.get("unk", self.manifest.pad_token_id), dtype=np.int64)
+        # The explain graph's outputs grow as L·H·T²: it is warmed at the longest input it accepts, not the window.
+        width = self._explain_warm_width if graph == EXPLAIN else self.manifest.max_seq_length
+        filler = np.full(width, special.get("unk", self.manifest.pad_token_id), dtype=np.int64)
         lead = special.get("cls", special.get("bos"))
         if lead is not None:
             filler[0] = lead

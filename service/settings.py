@@ -94,6 +94,12 @@ class Settings(BaseSettings):
     # The attention-map graph: "lazy" builds it on the first attention request (saves ~145 MB of RSS for servers
     # that only embed), "eager" builds and warms it before /ready, "off" never (attention requests get 422).
     attention_graph: Literal["lazy", "eager", "off"] = "lazy"
+    # The explain graph (/v1/explain's walk-through): built on the first explain request when lazy, before /ready
+    # when eager, never when off (explain requests get 422 explain_unavailable).
+    explain_graph: Literal["lazy", "eager", "off"] = "lazy"
+    # The most tokens (special tokens included) /v1/explain and /v1/similarity/explain take per input: an
+    # explanation returns L×H×T×T values several times over, so it has its own limit (422 explain_budget_exceeded).
+    explain_max_tokens: int = Field(128, ge=2)
 
     max_batch_size: int = Field(64, ge=1)
     max_batch_tokens: int = Field(2048, ge=1)

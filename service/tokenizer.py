@@ -205,6 +205,10 @@ class TextTokenizer:
             )
         return arr
 
+    def id_to_token(self, token_id: int) -> str | None:
+        """The vocabulary's spelling of one id (e.g. the unknown token's "[UNK]"), None when out of range."""
+        return self._tok.id_to_token(token_id)
+
     def decode_batch(self, ids_list: Sequence[Sequence[int]], *, skip_special_tokens: bool) -> list[str]:
         """Token ids back to text (TEI's /decode), with the same id checks as token-id inputs."""
         checked = [self._checked_ids(ids, i).tolist() for i, ids in enumerate(ids_list)]

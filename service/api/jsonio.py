@@ -10,6 +10,7 @@ import asyncio
 import json
 from typing import Any
 
+import numpy as np
 import orjson
 from starlette.requests import Request
 from starlette.responses import Response
@@ -25,7 +26,14 @@ class JSONBody(Response):
     media_type = "application/json"
 
     def render(self, content: Any) -> bytes:
-        return orjson.dumps(content, option=_ORJSON_OPTIONS)
+        return orjson.dumps(content, default=_contiguous, option=_ORJSON_OPTIONS)
+
+
+def _contiguous(value: Any) -> Any:
+    """orjson serialises only C-contiguous arrays natively; a strided view (a column of a matrix) is copied."""
+    if isinstance(value, np.ndarray) and not value.flags.c_contiguous:
+        return np.ascontiguousarray(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
 def _is_json_media_type(content_type: str) -> bool:

@@ -18,7 +18,9 @@ from service.api.schemas import (
     CohereEmbedRequest,
     CohereRerankRequest,
     EncodeRequest,
+    ExplainRequest,
     OpenAIEmbeddingsRequest,
+    SimilarityExplainRequest,
     TEIDecodeRequest,
     TEIEmbedAllRequest,
     TEIEmbedRequest,
@@ -210,6 +212,52 @@ class CohereEmbedResponse(BaseModel):
     response_type: Literal["embeddings_by_type"]
 
 
+class ExplainToken(BaseModel):
+    id: int
+    text: str
+    start: int | None
+    end: int | None
+    special: bool
+    unknown: bool
+
+
+class ExplainResponse(BaseModel):
+    """/v1/explain: the walk-through's steps (docs/explain.md describes every field)."""
+
+    object: Literal["explanation"]
+    model: str
+    family: str
+    tokens: list[ExplainToken]
+    vocabulary: dict[str, Any]
+    selection: dict[str, int]
+    dims: dict[str, int]
+    attention_pattern: dict[str, Any]
+    input_vector: dict[str, Any]
+    head: dict[str, Any]
+    layer: dict[str, Any]
+    trajectory: list[dict[str, Any]]
+    rollout: dict[str, Any]
+    usage: dict[str, int]
+
+
+class SimilarityExplanationResponse(BaseModel):
+    """/v1/similarity/explain: the cosine and its token-pair split (null where the pooling does not split)."""
+
+    object: Literal["similarity_explanation"]
+    model: str
+    tokens: list[list[ExplainToken]]
+    pooling: str
+    cosine: float
+    decomposable: bool
+    note: str | None
+    contributions: list[list[float]] | None
+    sum: float | None
+    row_sums: list[float] | None
+    column_sums: list[float] | None
+    token_cosines: list[list[float]]
+    usage: dict[str, int]
+
+
 class ModelList(BaseModel):
     object: Literal["list"]
     data: list[ModelCard]
@@ -236,6 +284,8 @@ ROUTES: dict[str, tuple[str, Requests, type[BaseModel] | None, tuple[int, ...]]]
     "/tokenize": ("post", TEITokenizeRequest, TEITokenizeResponse, _TEI_TOKENIZER_ERRORS),
     "/decode": ("post", TEIDecodeRequest, TEIDecodeResponse, _TEI_TOKENIZER_ERRORS),
     "/v1/encode": ("post", EncodeRequest, EncodeResponse, _INFERENCE_ERRORS),
+    "/v1/explain": ("post", ExplainRequest, ExplainResponse, _INFERENCE_ERRORS),
+    "/v1/similarity/explain": ("post", SimilarityExplainRequest, SimilarityExplanationResponse, _INFERENCE_ERRORS),
     "/rerank": ("post", TEIRerankRequest, TEIRerankResponse, _TEI_ERRORS),
     "/predict": ("post", TEIPredictRequest, TEIPredictResponse, _TEI_ERRORS),
     "/embed_sparse": ("post", TEIEmbedSparseRequest, TEIEmbedSparseResponse, _TEI_ERRORS),

@@ -31,7 +31,15 @@ from service.api.schemas import (
     TEISimilarityRequest,
     TEITokenizeRequest,
 )
-from service.engine import TOKENIZE_WORKERS, AttentionSpec, EncodeOptions, EncodeResult, Input, RowsResult
+from service.engine import (
+    TOKENIZE_WORKERS,
+    AttentionSpec,
+    EncodeOptions,
+    EncodeResult,
+    ExplainRun,
+    Input,
+    RowsResult,
+)
 from service.errors import UnavailableError, WrongTaskError
 from service.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from service.registry import ModelHandle, ModelRegistry
@@ -115,7 +123,7 @@ def model_for(models: ModelRegistry, name: str | None, *tasks: str) -> ModelHand
     return handle
 
 
-def timing_headers(result: EncodeResult | RowsResult) -> dict[str, str]:
+def timing_headers(result: EncodeResult | RowsResult | ExplainRun) -> dict[str, str]:
     t = result.timings
     headers = {
         "x-tokenization-time": f"{t.tokenize_ms:.3f}",
@@ -390,6 +398,8 @@ def describe_model(handle: ModelHandle, context: AppContext) -> dict[str, Any]:
             "graph_variant": runner.variant,
             "attention_available": "attention" in runner.graphs,
             "attention_graph": "loaded" if "attention" in runner.loaded_graphs else s.attention_graph,
+            "explain_available": "explain" in runner.graphs,
+            "explain_graph": "loaded" if "explain" in runner.loaded_graphs else s.explain_graph,
             "resident_bytes_estimate": handle.resident_bytes,
             "limits": {
                 "max_batch_size": limits.max_batch_size,
@@ -402,6 +412,7 @@ def describe_model(handle: ModelHandle, context: AppContext) -> dict[str, Any]:
                 "max_chars_per_input": s.max_chars_per_input,
                 "max_tokens_per_request": s.max_tokens_per_request,
                 "attention_budget": s.attention_budget,
+                "explain_max_tokens": handle.engine.explain_max_tokens,
             },
         }
     )

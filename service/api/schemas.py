@@ -134,6 +134,25 @@ class EncodeRequest(_Strict):
         return truncation_policy(self.truncate, self.truncation_direction, auto_truncate)
 
 
+class ExplainRequest(_Strict):
+    """POST /v1/explain: the self-attention walk-through of one input (docs/explain.md). Range checks against
+    the model (layer, head, token) happen in the engine, which knows its sizes."""
+
+    input: str
+    model: str | None = None
+    layer: int = 0
+    head: int = 0
+    token: int | None = None  # None: the first token that stands for input characters
+    neighbours: int = Field(default=3, ge=0, le=16)
+
+
+class SimilarityExplainRequest(_Strict):
+    """POST /v1/similarity/explain: the cosine of two inputs split into token-pair contributions."""
+
+    input: list[str] = Field(min_length=2, max_length=2)
+    model: str | None = None
+
+
 # --- task heads: rerank, classify, sparse (TEI) and Cohere / Jina ---------------------------------------------
 
 
