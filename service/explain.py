@@ -117,56 +117,71 @@ def _order(values: np.ndarray) -> list[int]:
     return [int(j) for j in np.argsort(-values, kind="stable")]
 
 
+class _Rows:
+    """An output whose every selection (`[layer, head]`, `[i]`) is copied out of it."""
+
+    def __init__(self, value: np.ndarray) -> None:
+        self.value = value
+        self.shape = value.shape
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        return np.array(self.value[key], copy=True)
+
+
 def walkthrough(outs: dict[str, np.ndarray], selection: Selection, *, note: str, has_position: bool,
                 has_segment: bool, norm_first: bool) -> dict[str, Any]:
-    """Steps 1-6 of docs/explain.md for the selected token, layer and head, from the explain graph's outputs."""
+    """Steps 1-6 of docs/explain.md for the selected token, layer and head, from the explain graph's outputs.
+
+    Every array returned is a copy, never a view: a view of one row would keep the graph's whole output alive.
+    """
+    pick = {name: _Rows(value) for name, value in outs.items()}
     layer, head, i = selection.layer, selection.head, selection.token
-    d_k = outs["queries"].shape[-1]
-    visible = outs["visibility"][layer, i] > 0.5  # (T,)
-    scaled = outs["scaled_scores"][layer, head, i]
-    bias = outs["position_bias"][head, i]
+    d_k = pick["queries"].shape[-1]
+    visible = pick["visibility"][layer, i] > 0.5  # (T,)
+    scaled = pick["scaled_scores"][layer, head, i]
+    bias = pick["position_bias"][head, i]
     with_bias = scaled + bias
-    weights = outs["probs"][layer, head, i]
-    value_norms = outs["value_output_norms"][layer, head]  # (T,)
+    weights = pick["probs"][layer, head, i]
+    value_norms = pick["value_output_norms"][layer, head]  # (T,)
     contributions = weights * value_norms  # ‖alpha_j v_j W_O^h‖ = alpha_j ‖v_j W_O^h‖, alpha_j ≥ 0
     relative = bool(np.any(outs["position_bias"]))
     rolled = rollout(outs["probs"])
     return {
         "input_vector": {
-            "token_embedding": outs["embed_token"][i],
-            "position": outs["embed_position"][i] if has_position else None,
-            "segment": outs["embed_segment"][i] if has_segment else None,
-            "sum": outs["embed_sum"][i],
-            "output": outs["embed_output"][i],
+            "token_embedding": pick["embed_token"][i],
+            "position": pick["embed_position"][i] if has_position else None,
+            "segment": pick["embed_segment"][i] if has_segment else None,
+            "sum": pick["embed_sum"][i],
+            "output": pick["embed_output"][i],
             "position_note": note,
         },
         "head": {
-            "q": outs["queries"][layer, head, i],
-            "K": outs["keys"][layer, head],
-            "V": outs["values"][layer, head],
-            "raw_scores": outs["raw_scores"][layer, head, i],
+            "q": pick["queries"][layer, head, i],
+            "K": pick["keys"][layer, head],
+            "V": pick["values"][layer, head],
+            "raw_scores": pick["raw_scores"][layer, head, i],
             "scale": math.sqrt(d_k),
             "scaled_scores": scaled,
             "position_bias": bias if relative else None,
             "visible": [bool(v) for v in visible],
             "masked_scores": [float(s) if v else None for s, v in zip(with_bias, visible, strict=True)],
             "weights": weights,
-            "weighted_sum": outs["context"][layer, head, i],
+            "weighted_sum": pick["context"][layer, head, i],
             "value_norms": value_norms,
             "contributions": contributions,
             "weight_order": _order(weights),
             "contribution_order": _order(contributions),
-            "output": outs["head_outputs"][layer, head],
+            "output": pick["head_outputs"][layer, head],
         },
         "layer": {
             "norm_first": norm_first,
             "head_output_norms": np.linalg.norm(outs["head_outputs"][layer], axis=-1),
-            "attention_input": outs["attention_input"][layer, i],
-            "attention_output": outs["attention_output"][layer, i],
-            "residual": outs["attention_residual"][layer, i],
-            "attention_block_output": outs["attention_block_output"][layer, i],
-            "ffn_output": outs["ffn_output"][layer, i],
-            "output": outs["layer_output"][layer, i],
+            "attention_input": pick["attention_input"][layer, i],
+            "attention_output": pick["attention_output"][layer, i],
+            "residual": pick["attention_residual"][layer, i],
+            "attention_block_output": pick["attention_block_output"][layer, i],
+            "ffn_output": pick["ffn_output"][layer, i],
+            "output": pick["layer_output"][layer, i],
         },
         "trajectory": trajectory(outs["embed_output"], outs["layer_output"], i, selection.neighbours),
         "rollout": {"residual_weight": ROLLOUT_RESIDUAL, "rows": rolled[:, i], "matrix": rolled[-1]},

@@ -57,6 +57,10 @@ async def explain(request: Request, context: ContextDep, models: ModelsDep) -> R
         has_position=pattern.get("position", "learned") in ("learned", "sinusoidal"),
         has_segment=int(config.get("type_vocab_size", 0) or 0) > 0, norm_first=bool(config.get("norm_first")))
     seq, hidden = outs["embed_token"].shape
+    d_k = int(outs["queries"].shape[-1])
+    # The graph's outputs are tens of MB (L·H·T² several times over); `steps` holds copies of the rows it needs,
+    # so dropping them now returns that memory at once, whatever still refers to this request afterwards.
+    outs.clear()
     content = {
         "object": "explanation",
         "model": handle.name,
@@ -65,7 +69,7 @@ async def explain(request: Request, context: ContextDep, models: ModelsDep) -> R
         "vocabulary": await _coverage(models, body.input, handle, run.encoded),
         "selection": {"layer": body.layer, "head": body.head, "token": run.token},
         "dims": {"tokens": seq, "layers": m.num_layers, "heads": m.num_heads, "d_model": hidden,
-                 "d_k": int(outs["queries"].shape[-1])},
+                 "d_k": d_k},
         "attention_pattern": pattern,
         **steps,
         "usage": {"prompt_tokens": run.prompt_tokens, "total_tokens": run.prompt_tokens},

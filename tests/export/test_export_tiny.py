@@ -73,7 +73,12 @@ def test_manifest_describes_and_checksums_everything(tiny_artifact_dir: Path) ->
     assert manifest["normalize"] is True
     assert manifest["max_seq_length"] == 128
     assert [i["name"] for i in manifest["inputs"]] == ["input_ids", "attention_mask", "token_type_ids"]
-    assert set(manifest["graphs"]) == {"fp32", "fp32-fused", "attention", "int8", "fp16"}
+    assert set(manifest["graphs"]) == {"fp32", "fp32-fused", "attention", "int8", "fp16", "explain"}
+    explain = manifest["graphs"]["explain"]
+    assert explain["file"] == "model_explain.onnx"
+    assert [i["name"] for i in explain["inputs"]] == ["input_ids", "attention_mask", "query_index", "token_type_ids"]
+    assert max(explain["parity"]["max_abs_vs_torch"].values()) <= 1e-4
+    assert explain["parity"]["max_abs_vs_torch"]["probs"] <= 1e-5
     assert [k for k, g in manifest["graphs"].items() if g["default"]] == ["fp32"]
     for key in ("fp32", "fp32-fused"):
         assert manifest["graphs"][key]["parity"]["max_abs_diff_sentence_vs_torch"] <= 1e-4
