@@ -5,8 +5,10 @@
 
 Starts `python -m service` on the artifact with default settings, reads the process tree's RSS at ready, after
 warm embedding traffic, after the first explain request (which builds and warms the explain graph), and after
-more explain requests of the longest admitted input; times the first (cold) and later explain requests, and one
-`/v1/encode` attention request of the same input for comparison. Writes one JSON result file.
+more explain requests of the longest admitted input; times the first (cold) and later explain requests, and
+`/v1/encode` attention requests of the same input for comparison; then records RSS after each of 30 more explain
+requests and 30 attention requests of three such inputs (flat when replies are freed as they are sent). Writes one
+JSON result file.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ DEFAULT_ARTIFACT = REPO / "artifacts" / "all-MiniLM-L6-v2"
 SENTENCE = "Xiaoming likes her because Xiaohua helped him, not Xiaoli."
 WARM_REQUESTS = 20
 EXPLAIN_REQUESTS = 10
+SERIES_REQUESTS = 30  # RSS after each of this many more requests: flat means replies are freed when sent
 MiB = 1024 * 1024
 
 
@@ -71,6 +74,13 @@ def measure(artifact_dir: Path) -> dict[str, Any]:
                  for k in range(EXPLAIN_REQUESTS)]
         rss_after = tree_rss_bytes(pid)
         attention_ms = [_timed(client, "/v1/encode", {"input": text, "attention": {}}) for _ in range(3)]
+        series: dict[str, list[float]] = {"explain": [], "encode_attention_3_inputs": []}
+        for k in range(SERIES_REQUESTS):
+            client.post("/v1/explain", json={"input": text, "layer": k % info["num_layers"]}).raise_for_status()
+            series["explain"].append(tree_rss_bytes(pid) / MiB)
+        for _ in range(SERIES_REQUESTS):
+            client.post("/v1/encode", json={"input": [text] * 3, "attention": {}}).raise_for_status()
+            series["encode_attention_3_inputs"].append(tree_rss_bytes(pid) / MiB)
         explain_graph_state = client.get("/info").json()["explain_graph"]
     return {
         "artifact": str(artifact_dir), "model": info["model_id"], "explain_max_tokens": limit,
@@ -78,6 +88,7 @@ def measure(artifact_dir: Path) -> dict[str, Any]:
         "rss_mib": {"ready": rss_ready / MiB, "after_embedding": rss_embedding / MiB,
                     "after_first_explain": rss_first / MiB, "after_explain_requests": rss_after / MiB},
         "explain_graph_rss_mib": (rss_after - rss_embedding) / MiB,
+        "rss_series_mib": series,
         "latency_ms": {"first_explain": first_ms, "explain_median": statistics.median(later),
                        "explain_all": later, "encode_with_attention_median": statistics.median(attention_ms)},
         "explain_graph_bytes": sum(p.stat().st_size for p in artifact_dir.glob("model_explain.onnx*")),

@@ -496,7 +496,12 @@ class Batcher(Generic[PreparedT, ResultT]):
         except asyncio.CancelledError:
             self._abandon(request)
             raise
-        return [outcome for outcome in request.outcomes if outcome is not None]
+        outcomes = [outcome for outcome in request.outcomes if outcome is not None]
+        # Every item is settled. Items point back at their request, so without this the request, its items and
+        # their results (attention maps, explain outputs: tens of MB) would wait for the cyclic garbage collector.
+        request.items.clear()
+        request.outcomes.clear()
+        return outcomes
 
     # ---- the cost model's view of the queue
 

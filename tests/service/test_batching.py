@@ -801,3 +801,36 @@ def test_check_capacity_counts_requests_already_let_in() -> None:
                 b.check_capacity(requests_at_door=0)  # reservations alone fill it too
 
     run(main)
+
+
+class _Result:
+    """A result the test can hold a weak reference to (tuples cannot be weakly referenced)."""
+
+    def __init__(self, row: tuple[int, ...]) -> None:
+        self.row = row
+
+
+@dataclass
+class _ObjectRunner(FakeRunner):
+    def execute(self, prepared: Prepared) -> list[Any]:
+        return [_Result(row) for _, row in super().execute(prepared)]
+
+
+def test_a_finished_requests_results_are_freed_without_the_garbage_collector() -> None:
+    """Items point back at their request; once the request is answered that cycle is broken, so its results
+    (attention maps, explain outputs: tens of MB) go when the caller drops them, not at the next cyclic GC."""
+    import weakref
+
+    async def main() -> None:
+        async with started(_ObjectRunner(), max_wait_ms=0) as batcher:
+            gc.disable()
+            try:
+                outcomes = await embed(batcher, [tokens(1, 5), tokens(2, 7)])
+                refs = [weakref.ref(o.result) for o in outcomes]
+                del outcomes
+                await embed(batcher, [tokens(3, 4)])  # the worker moves on to another batch
+                assert [r() for r in refs] == [None, None]
+            finally:
+                gc.enable()
+
+    run(main)
