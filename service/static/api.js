@@ -1,4 +1,5 @@
-// The two calls the explorer makes (GET info, POST v1/encode) and the decoding of attention payloads.
+// The calls the explorer makes (GET info, GET v1/models, POST v1/encode, POST v1/explain,
+// POST v1/similarity/explain) and the decoding of attention payloads.
 //
 // Relative URLs resolved against the page's directory, so the explorer also works behind a path prefix.
 
@@ -39,17 +40,39 @@ async function call(path, init) {
   return body;
 }
 
-export function getInfo() {
-  return call("info", { headers: { Accept: "application/json" } });
+/** TEI's Info of the default model, or of `model` (GET info?model=NAME). */
+export function getInfo(model = null) {
+  const path = model ? `info?model=${encodeURIComponent(model)}` : "info";
+  return call(path, { headers: { Accept: "application/json" } });
 }
 
-export function encode(payload, signal) {
-  return call("v1/encode", {
+/** The served models: [{id, task, ...}]. */
+export async function getModels() {
+  const reply = await call("v1/models", { headers: { Accept: "application/json" } });
+  return Array.isArray(reply.data) ? reply.data : [];
+}
+
+function post(path, payload, signal) {
+  return call(path, {
     method: "POST",
     headers: { "Content-Type": "application/json", Accept: "application/json" },
     body: JSON.stringify(payload),
     signal,
   });
+}
+
+export function encode(payload, signal) {
+  return post("v1/encode", payload, signal);
+}
+
+/** POST v1/explain (docs/explain.md): one input, one layer/head/query token. */
+export function explain(payload, signal) {
+  return post("v1/explain", payload, signal);
+}
+
+/** POST v1/similarity/explain: the cosine of two inputs split into token-pair contributions. */
+export function explainSimilarity(payload, signal) {
+  return post("v1/similarity/explain", payload, signal);
 }
 
 function halfToFloat(h) {

@@ -13,17 +13,42 @@
 //   #token-focus    data-token (query index); tr[data-layer] with data-keys = JSON [[key index, weight], ...]
 //                   (top 3 by mean over heads, [CLS]/[SEP] left out unless #hide-special is unchecked)
 //   #similarity     data-labels (JSON sentences), data-values (JSON N×N cosine, 6 decimals); td[data-value]
+//   #tokens .chip   class "unknown" for a token the model's vocabulary does not know (learnt from v1/explain)
+//   #model          the served model every request names (GET v1/models; only `embed` models are selectable);
+//                   body data-model = that name
+//   #examples       button[data-example] fill the input with an example and run it
+// The walk-through (walkthrough.js), the model view (modelview.js) and the token-pair similarity (pair.js)
+// document their own attributes.
+//
+// The page URL may carry ?text=...(lines separated by a newline)&model=...&layer=...&head=...&token=... (the
+// last three select the first walk-through, by the explain graph's token index).
 
-import { ApiError, decodeAttention, encode, getInfo } from "./api.js";
+import { ApiError, decodeAttention, encode, getInfo, getModels } from "./api.js";
+import { clearBanner, showBanner } from "./banner.js";
 import { colour, css, inkOn } from "./colormap.js";
 import { drawLegend, drawMatrix, drawThumb, hitTest, layoutMatrix } from "./heatmap.js";
+import { renderModelView } from "./modelview.js";
+import { followSentences, initPair } from "./pair.js";
+import { labeler } from "./tokens.js";
+import { followExplorer, initWalkthrough } from "./walkthrough.js";
 
 const $ = (selector) => document.querySelector(selector);
 const TOP_K = 3;
 const PRONOUNS = new Set(["it", "its", "he", "him", "his", "she", "her", "they", "them", "their",
   "他", "她", "它", "他们", "她们"]);
+const EXAMPLES = {
+  love: "I love ai\nXiaoming likes her because Xiaohua helped him, not Xiaoli.",
+  pronoun: "Xiaoming likes her because Xiaohua helped him, not Xiaoli.\nI love ai",
+  "pronoun-zh": "小明喜欢她，因为小花帮助了他，而不是小丽。\nXiaoming likes her because Xiaohua helped him, not Xiaoli.",
+  similar: "I love ai\nI really like artificial intelligence.\nThe stock market fell sharply on Monday.",
+  cat: "The cat sat on the mat because it was tired.\nA kitten was sleeping on the rug.\n"
+    + "Stock markets fell sharply on Monday.",
+};
 
 const state = {
+  model: null, // the served model every request names (null until /info answers: the server's default)
+  info: null, // /info of that model
+  unknownIds: new Set(), // token ids the model's vocabulary does not know (from v1/explain)
   sentences: [],
   sentence: 0,
   tokens: [],
@@ -48,14 +73,8 @@ function setState(value) {
   document.body.dataset.state = value;
 }
 
-function showBanner(message) {
-  $("#banner-text").textContent = message;
-  $("#banner").hidden = false;
-}
-
 function hideBanner() {
-  $("#banner").hidden = true;
-  $("#banner-text").textContent = "";
+  clearBanner(); // a new run starts from a clean page: every view's message goes
 }
 
 const round6 = (v) => Math.round(v * 1e6) / 1e6;
@@ -89,65 +108,19 @@ function maxOf(values) {
   return m;
 }
 
-// GPT-2's byte-level alphabet: each byte is spelled as one printable character (space = "Ġ", newline = "Ċ").
-const BYTE_OF_CHAR = (() => {
-  const printable = [];
-  for (let b = 33; b <= 126; b++) printable.push(b);
-  for (let b = 161; b <= 172; b++) printable.push(b);
-  for (let b = 174; b <= 255; b++) printable.push(b);
-  const map = new Map(printable.map((b) => [String.fromCharCode(b), b]));
-  let extra = 0;
-  for (let b = 0; b < 256; b++) if (!printable.includes(b)) map.set(String.fromCharCode(256 + extra++), b);
-  return map;
-})();
-const UTF8 = new TextDecoder("utf-8", { fatal: true });
-
-// A byte-level token as the text it stands for; a piece of a multi-byte character (half an emoji) stays spelled.
-function decodeByteLevel(text) {
-  const bytes = [];
-  for (const ch of text) {
-    const b = BYTE_OF_CHAR.get(ch);
-    if (b === undefined) return text;
-    bytes.push(b);
+// Token labels for the shown sentence (tokens.js), rebuilt when the sentence or the model's token style changes.
+let labelCache = { key: null, fns: null };
+function labelFns() {
+  const text = state.sentences[state.sentence] ?? "";
+  const key = `${state.tokenStyle}\u0000${state.promptChars}\u0000${text}`;
+  if (labelCache.key !== key) {
+    labelCache = { key, fns: labeler({ tokenStyle: state.tokenStyle, text, promptChars: state.promptChars }) };
   }
-  try {
-    return UTF8.decode(new Uint8Array(bytes));
-  } catch {
-    return text;
-  }
+  return labelCache.fns;
 }
 
-// Where a token begins a word: SentencePiece marks it with "▁", byte-level BPE with a leading space (Ġ);
-// WordPiece marks the opposite, continuations with "##".
-function isWordStart(tok) {
-  const text = tok.text ?? "";
-  if (tok.special) return false;
-  if (state.tokenStyle === "metaspace") return text.startsWith("\u2581");
-  if (state.tokenStyle === "byte_level") return text.startsWith("\u0120");
-  return false;
-}
-
-// The characters a token covers in the current sentence (offsets count code points of prompt + text).
-function sourceSpan(tok) {
-  if (tok.start == null || tok.end == null || tok.end <= tok.start) return null;
-  const chars = Array.from(state.sentences[state.sentence] ?? "");
-  const start = tok.start - state.promptChars;
-  const end = tok.end - state.promptChars;
-  return start >= 0 && end <= chars.length ? chars.slice(start, end).join("") : null;
-}
-
-function tokenLabel(tok) {
-  let text = tok.text ?? "";
-  if (!tok.special && state.tokenStyle === "metaspace") text = text.replaceAll("\u2581", " ");
-  if (!tok.special && state.tokenStyle === "byte_level") {
-    const decoded = decodeByteLevel(text);
-    // A piece of a multi-byte character (a CJK character or emoji split over tokens) is shown as the whole
-    // character it belongs to.
-    text = decoded !== text || /^[\x21-\x7e\u0120]*$/.test(text) ? decoded : sourceSpan(tok) ?? text;
-  }
-  text = text.trim();
-  return text || `#${tok.id}`;
-}
+const tokenLabel = (tok) => labelFns().label(tok);
+const isWordStart = (tok) => labelFns().wordStart(tok);
 
 // ---------------------------------------------------------------- views
 
@@ -157,11 +130,13 @@ function renderTokens() {
   state.tokens.forEach((tok, i) => {
     const chip = document.createElement("button");
     chip.type = "button";
+    const unknown = !tok.special && state.unknownIds.has(tok.id);
     chip.className = `chip${tok.special ? " special" : ""}${isWordStart(tok) ? " word-start" : ""}` +
-      `${i === state.focus ? " selected" : ""}`;
+      `${unknown ? " unknown" : ""}${i === state.focus ? " selected" : ""}`;
     chip.textContent = tokenLabel(tok);
     chip.dataset.index = String(i);
-    chip.title = `#${i} · id ${tok.id}${tok.special ? " · special" : ` · chars ${tok.start}–${tok.end}`}`;
+    chip.title = `#${i} · id ${tok.id}${tok.special ? " · special" : ` · chars ${tok.start}–${tok.end}`}` +
+      `${unknown ? " · unknown to this model's vocabulary" : ""}`;
     chip.addEventListener("click", () => setFocus(i));
     box.append(chip);
   });
@@ -367,6 +342,29 @@ function syncControls() {
   fill($("#sentence"), state.sentences.map((s, i) => [i, `S${i + 1}: ${s}`]), state.sentence);
 }
 
+function renderModel() {
+  renderModelView($("#model-view"), {
+    att: state.att, layer: state.layer, head: state.head, onPick: (layer, head) => select({ layer, head }),
+  });
+}
+
+/** What the walk-through needs of the explorer: the shown sentence, its tokens and the selection. */
+function explorerContext() {
+  return {
+    model: state.model,
+    explainAvailable: state.info?.explain_available !== false,
+    text: state.sentences[state.sentence] ?? "",
+    tokens: state.tokens,
+    promptChars: state.promptChars,
+    tokenStyle: state.tokenStyle,
+    layers: state.att.layers,
+    heads: state.att.heads,
+    layer: state.layer,
+    head: state.head,
+    focus: state.focus,
+  };
+}
+
 /** Redraw every view from `state`; the one place that declares the page ready. */
 function render() {
   if (!state.att) return;
@@ -375,15 +373,29 @@ function render() {
   renderHeads();
   renderFocus();
   renderSimilarity();
+  renderModel();
   state.renders += 1;
   document.body.dataset.renders = String(state.renders);
-  if (!state.busy) setState("ready");
+  if (!state.busy) {
+    setState("ready");
+    followExplorer(explorerContext());
+  }
 }
 
 // ---------------------------------------------------------------- interaction
 
 function setFocus(index) {
   state.focus = index;
+  render();
+}
+
+/** A selection from the walk-through or the model view: layer, head and/or focused token. */
+function select({ layer, head, focus }) {
+  if (layer !== undefined && state.att.layers.includes(layer)) state.layer = layer;
+  if (head !== undefined && (head === "mean" || state.att.heads.includes(head))) state.head = head;
+  if (focus !== undefined && focus !== null && focus < state.tokens.length) state.focus = focus;
+  $("#layer").value = String(state.layer);
+  $("#head").value = String(state.head);
   render();
 }
 
@@ -397,6 +409,7 @@ function defaultFocus(tokens) {
 async function fetchAttention(text) {
   if (state.cache.has(text)) return state.cache.get(text);
   const reply = await encode({
+    ...modelField(),
     input: [text],
     normalize: true,
     attention: { layers: "all", heads: "all", aggregate: "none", format: "base64", dtype: "float32" },
@@ -459,7 +472,7 @@ async function run() {
   if (changed) state.sentence = 0;
   try {
     const similarity = lines.length > 1
-      ? encode({ input: lines, normalize: true }).then((reply) => {
+      ? encode({ ...modelField(), input: lines, normalize: true }).then((reply) => {
         const data = [...reply.data].sort((a, b) => a.index - b.index);
         return { labels: lines, values: cosineMatrix(data.map((d) => d.embedding)) };
       })
@@ -470,6 +483,8 @@ async function run() {
     state.similarity = sim;
     syncControls();
     render();
+    followSentences({ model: state.model, sentences: lines, tokenStyle: state.tokenStyle,
+      explainAvailable: state.info?.explain_available !== false });
     const ms = Math.round(performance.now() - started);
     $("#run-info").textContent = `${state.att.T} tokens · ${lines.length} sentence${lines.length > 1 ? "s" : ""} · ${ms} ms`;
   } catch (err) {
@@ -541,32 +556,69 @@ function onHeatmapClick(event) {
   if (hit) setFocus(hit.r);
 }
 
-async function loadInfo() {
+function modelField() {
+  return state.model ? { model: state.model } : {};
+}
+
+function describeInfo(info) {
+  const name = info.model_id;  // the served name (/info always has it; docs/api.md)
+  // The fields the server defines for /info (service/api/routes.py describe_model), read as they are.
+  const { num_layers: layers, num_heads: heads, embedding_dim: dim } = info;
+  const parts = [name];
+  if (layers && heads) parts.push(`${layers} layers × ${heads} heads`);
+  if (dim) parts.push(`dim ${dim}`);
+  const pattern = info.attention_pattern ?? {};
+  if (pattern.causal) parts.push("causal: each token sees only itself and earlier tokens (upper triangle is 0)");
+  if (pattern.local_layers?.length) {
+    parts.push(`local window ±${Math.floor(pattern.local_window / 2)} tokens on layers ` +
+      `${pattern.local_layers.join(", ")} (0 outside it); the other layers are global`);
+  }
+  if (pattern.num_kv_heads && heads && pattern.num_kv_heads < heads) {
+    parts.push(`${pattern.num_kv_heads} key/value heads shared by ${heads} query heads`);
+  }
+  return parts.join(" · ");
+}
+
+/** GET info (of `model`, or of the default model) and the model list; fills the model selector. */
+async function loadInfo(model = null) {
   try {
-    const info = await getInfo();
-    const name = info.model_id;  // the served name (/info always has it; docs/api.md)
-    // The fields the server defines for /info (service/api/routes.py describe_model), read as they are.
-    const { num_layers: layers, num_heads: heads, embedding_dim: dim } = info;
-    const parts = [name];
-    if (layers && heads) parts.push(`${layers} layers × ${heads} heads`);
-    if (dim) parts.push(`dim ${dim}`);
+    const [info, models] = await Promise.all([getInfo(model), getModels().catch(() => [])]);
+    state.info = info;
+    state.model = info.model_id;
+    document.body.dataset.model = state.model;
     state.tokenStyle = info.token_style ?? "wordpiece";
     const defaultPrompt = info.default_prompt_name ? info.prompts?.[info.default_prompt_name] : null;
     state.promptChars = defaultPrompt ? Array.from(defaultPrompt).length : 0;
-    const pattern = info.attention_pattern ?? {};
-    if (pattern.causal) parts.push("causal: each token sees only itself and earlier tokens (upper triangle is 0)");
-    if (pattern.local_layers?.length) {
-      parts.push(`local window ±${Math.floor(pattern.local_window / 2)} tokens on layers ` +
-        `${pattern.local_layers.join(", ")} (0 outside it); the other layers are global`);
-    }
-    if (pattern.num_kv_heads && heads && pattern.num_kv_heads < heads) {
-      parts.push(`${pattern.num_kv_heads} key/value heads shared by ${heads} query heads`);
-    }
-    $("#model-info").textContent = parts.join(" · ");
+    $("#model-info").textContent = describeInfo(info);
+    const select = $("#model");
+    select.replaceChildren(...models.map((m) => {
+      const task = m.task ?? "embed";
+      const option = new Option(task === "embed" ? m.id : `${m.id} (${task})`, m.id);
+      option.disabled = task !== "embed"; // only embedding models have attention to explain
+      return option;
+    }));
+    select.value = state.model;
+    $("#model-field").hidden = models.length < 2;
   } catch (err) {
     $("#model-info").textContent = "model info unavailable";
     showBanner(`Could not read server info: ${err.message}`);
   }
+}
+
+async function changeModel(name) {
+  if (name === state.model) return;
+  state.cache.clear();
+  state.unknownIds = new Set();
+  state.sentences = []; // the next run re-tokenizes
+  await loadInfo(name);
+  if ($("#input").value.trim()) run();
+}
+
+function urlParams() {
+  const params = new URLSearchParams(window.location.search);
+  const int = (name) => (params.has(name) && /^-?\d+$/.test(params.get(name)) ? Number(params.get(name)) : null);
+  return { text: params.get("text"), model: params.get("model"),
+    selection: { layer: int("layer"), head: int("head"), token: int("token") } };
 }
 
 function debounce(fn, ms) {
@@ -597,13 +649,35 @@ function init() {
   $("#hide-special").addEventListener("change", render);
   $("#sentence").addEventListener("change", (e) => changeSentence(Number(e.target.value)));
   $("#banner-close").addEventListener("click", hideBanner);
+  $("#model").addEventListener("change", (e) => changeModel(e.target.value));
+  for (const button of document.querySelectorAll("#examples [data-example]")) {
+    button.addEventListener("click", () => {
+      $("#input").value = EXAMPLES[button.dataset.example];
+      run();
+    });
+  }
+  const url = urlParams();
+  if (url.text) $("#input").value = url.text;
+  const selection = Object.values(url.selection).some((v) => v !== null) ? url.selection : null;
+  initWalkthrough({
+    onSelect: select,
+    onModel: (name) => {
+      $("#model").value = name;
+      changeModel(name);
+    },
+    onUnknown: (ids) => {
+      state.unknownIds = ids;
+      renderTokens();
+    },
+  }, selection);
+  initPair();
   const canvas = $("#heatmap canvas");
   canvas.addEventListener("mousemove", onHeatmapMove);
   canvas.addEventListener("mouseleave", onHeatmapLeave);
   canvas.addEventListener("click", onHeatmapClick);
   window.addEventListener("resize", debounce(render, 120));
   // The example runs once /info is in: token labels depend on the model's tokenizer style.
-  loadInfo().finally(() => {
+  loadInfo(url.model).finally(() => {
     if ($("#input").value.trim()) run(); // a later run supersedes it (state.seq)
   });
 }

@@ -5,11 +5,15 @@
 
 import { lut, css } from "./colormap.js";
 
-const FONT = "12px system-ui, -apple-system, 'Segoe UI', Roboto, sans-serif";
+// CJK fonts named so that Chinese/Japanese token labels draw where such a font is installed (canvas text does
+// not fall back through the page's CSS stack).
+export const FONT_FAMILY = "system-ui, -apple-system, 'Segoe UI', Roboto, 'Noto Sans', 'Noto Sans CJK SC', " +
+  "'Noto Sans SC', 'Source Han Sans SC', 'PingFang SC', 'Hiragino Sans GB', 'Microsoft YaHei', sans-serif";
+export const FONT = `12px ${FONT_FAMILY}`;
 const LABEL_ANGLE = (-55 * Math.PI) / 180;
 const MAX_LABEL_CHARS = 16;
 
-function setupCanvas(canvas, cssWidth, cssHeight) {
+export function setupCanvas(canvas, cssWidth, cssHeight) {
   const dpr = window.devicePixelRatio || 1;
   canvas.style.width = `${cssWidth}px`;
   canvas.style.height = `${cssHeight}px`;
@@ -20,7 +24,7 @@ function setupCanvas(canvas, cssWidth, cssHeight) {
   return ctx;
 }
 
-function shorten(label) {
+export function shorten(label) {
   return label.length > MAX_LABEL_CHARS ? `${label.slice(0, MAX_LABEL_CHARS - 1)}…` : label;
 }
 
