@@ -115,6 +115,7 @@ class EncodeToken(BaseModel):
     start: int | None
     end: int | None
     special: bool
+    unknown: bool
 
 
 class AttentionMaps(BaseModel):
@@ -212,22 +213,13 @@ class CohereEmbedResponse(BaseModel):
     response_type: Literal["embeddings_by_type"]
 
 
-class ExplainToken(BaseModel):
-    id: int
-    text: str
-    start: int | None
-    end: int | None
-    special: bool
-    unknown: bool
-
-
 class ExplainResponse(BaseModel):
     """/v1/explain: the walk-through's steps (docs/explain.md describes every field)."""
 
     object: Literal["explanation"]
     model: str
     family: str
-    tokens: list[ExplainToken]
+    tokens: list[EncodeToken]
     vocabulary: dict[str, Any]
     selection: dict[str, int]
     dims: dict[str, int]
@@ -245,7 +237,7 @@ class SimilarityExplanationResponse(BaseModel):
 
     object: Literal["similarity_explanation"]
     model: str
-    tokens: list[list[ExplainToken]]
+    tokens: list[list[EncodeToken]]
     pooling: str
     cosine: float
     decomposable: bool

@@ -18,6 +18,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from service import __version__
+from service import explain as explanation
 from service.api.deps import AppContext, ContextDep, ModelsDep, require_api_key, require_probe_key
 from service.api.errors import validation_error_from
 from service.api.jsonio import JSONBody, read_json
@@ -285,14 +286,12 @@ async def encode(request: Request, context: ContextDep, models: ModelsDep) -> Re
         attention=spec,
     )
     result = await until_disconnect(request, handle.engine.encode(as_list(body.input), options))
+    unk_id = handle.manifest.special_tokens.get("unk")  # tokens the vocabulary does not cover are flagged
     data = []
     for i, item in enumerate(result.items):
         row: dict[str, Any] = {
             "index": i,
-            "tokens": [
-                {"id": t.id, "text": t.text, "start": t.start, "end": t.end, "special": t.special}
-                for t in item.encoded.tokens
-            ],
+            "tokens": explanation.token_rows(item.encoded, unk_id),
             "embedding": np.ascontiguousarray(item.embedding),
             "truncated": item.encoded.truncated,
             "token_count": item.encoded.token_count,

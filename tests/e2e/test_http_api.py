@@ -173,7 +173,12 @@ def test_encode_with_tokens_and_attention(client: httpx.Client) -> None:
     t = row["token_count"]
     assert len(row["tokens"]) == t
     assert row["truncated"] is False
-    assert set(row["tokens"][1]) == {"id", "text", "start", "end", "special"}
+    assert set(row["tokens"][1]) == {"id", "text", "start", "end", "special", "unknown"}
+    assert not any(tok["unknown"] for tok in row["tokens"])
+    (unknown_row,) = client.post("/v1/encode", json={"input": "attention 她"}).json()["data"]
+    tokens = unknown_row["tokens"]
+    assert [tok["unknown"] for tok in tokens] == [tok["text"] == "[UNK]" for tok in tokens]
+    assert any(tok["unknown"] for tok in tokens)
     assert np.asarray(row["token_embeddings"]).shape == (t, meta["embedding_dim"])
     att = row["attention"]
     assert att["shape"] == [n_layers, n_heads, t, t]
