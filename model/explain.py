@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from model.encoder import Encoder
-from model.layers import EncoderLayer, apply_rotary, padding_mask_bias, padding_offset_positions, visibility_mask_bias
+from model.layers import EncoderLayer, padding_mask_bias, padding_offset_positions, visibility_mask_bias
 
 # The explain graph's outputs, in order (the export names them; the service reads them by name).
 EXPLAIN_OUTPUTS = (
@@ -117,14 +117,7 @@ class ExplainEncoder(nn.Module):
         """One layer's steps; x (1, T, D), mask_bias (1, 1, T, T) or (1, 1, 1, T)."""
         att = layer.attention
         attention_input = layer.attention_norm(x) if layer.norm_first else x
-        q = att._split_heads(att.query(attention_input), att.n_heads)  # (1, H, T, d_k)
-        k = att._split_heads(att.key(attention_input), att.n_kv_heads)
-        v = att._split_heads(att.value(attention_input), att.n_kv_heads)
-        if att.q_norm is not None and att.k_norm is not None:
-            q, k = att.q_norm(q), att.k_norm(k)
-        if rotary is not None:
-            q, k = apply_rotary(q, *rotary), apply_rotary(k, *rotary)
-        k, v = att._repeat_kv(k), att._repeat_kv(v)
+        q, k, v = att.project(attention_input, rotary)  # (1, H, T, d_k) each
         raw = torch.matmul(q, k.transpose(-1, -2))  # (1, H, T, T)
         scaled = raw / math.sqrt(att.d_k)
         scores = scaled + score_bias if score_bias is not None else scaled

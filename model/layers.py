@@ -189,13 +189,9 @@ class MultiHeadSelfAttention(nn.Module):
         batch, _, seq, d_k = x.shape
         return x[:, :, None].expand(batch, self.n_kv_heads, group, seq, d_k).reshape(batch, self.n_heads, seq, d_k)
 
-    def forward(
-        self,
-        x: Tensor,
-        mask_bias: Tensor,
-        rotary: tuple[Tensor, Tensor] | None = None,
-        score_bias: Tensor | None = None,
-    ) -> tuple[Tensor, Tensor]:
+    def project(self, x: Tensor, rotary: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """x (B, T, d_model) -> q, k, v (B, H, T, d_k) as the dot products use them: q/k-normed and rotated where
+        the model does so, K/V repeated per query head under grouped-query attention."""
         q = self._split_heads(self.query(x), self.n_heads)
         k = self._split_heads(self.key(x), self.n_kv_heads)
         v = self._split_heads(self.value(x), self.n_kv_heads)
@@ -203,7 +199,17 @@ class MultiHeadSelfAttention(nn.Module):
             q, k = self.q_norm(q), self.k_norm(k)
         if rotary is not None:
             q, k = apply_rotary(q, *rotary), apply_rotary(k, *rotary)
-        context, probs = attention(q, self._repeat_kv(k), self._repeat_kv(v), mask_bias, score_bias)
+        return q, self._repeat_kv(k), self._repeat_kv(v)
+
+    def forward(
+        self,
+        x: Tensor,
+        mask_bias: Tensor,
+        rotary: tuple[Tensor, Tensor] | None = None,
+        score_bias: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor]:
+        q, k, v = self.project(x, rotary)
+        context, probs = attention(q, k, v, mask_bias, score_bias)
         batch, _, seq, _ = context.shape
         concat = context.transpose(1, 2).reshape(batch, seq, self.n_heads * self.d_k)  # (B, T, h * d_k)
         return self.output(concat), probs
