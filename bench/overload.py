@@ -41,6 +41,19 @@ log = logging.getLogger("bench.overload")
 REPO = Path(__file__).resolve().parent.parent
 
 
+def retry_pause_s(headers: dict[str, str], *, milliseconds: bool = True) -> float:
+    """How long a refused client waits, as the official openai and cohere SDKs decide it: `retry-after-ms` when
+    the reply has it, else `retry-after` (whole seconds); `milliseconds=False`: whole seconds only, as a client
+    that knows only RFC 9110's header."""
+    names = (("retry-after-ms", 1000.0), ("retry-after", 1.0)) if milliseconds else (("retry-after", 1.0),)
+    for name, divisor in names:
+        try:
+            return float(headers[name]) / divisor
+        except (KeyError, ValueError):
+            continue
+    return 1.0
+
+
 @dataclass
 class Reply:
     status: int
@@ -112,6 +125,7 @@ class ClientPlan:
     until: float | None = None
     honor_retry_after: bool = False
     max_sleep_s: float = 5.0
+    retry_after_ms: bool = True  # read Retry-After-Ms first, as the openai and cohere SDKs do
 
 
 async def one_client(host: str, port: int, plan: ClientPlan, go: asyncio.Event, deadline_s: float,
@@ -161,7 +175,7 @@ async def one_client(host: str, port: int, plan: ClientPlan, go: asyncio.Event, 
             if reply.headers.get("connection", "").lower() == "close":
                 return
             if plan.honor_retry_after and reply.status in (429, 503):
-                pause = min(float(reply.headers.get("retry-after", "1") or 1), plan.max_sleep_s)
+                pause = min(retry_pause_s(reply.headers, milliseconds=plan.retry_after_ms), plan.max_sleep_s)
                 if plan.until is not None:
                     pause = min(pause, max(0.0, plan.until - time.perf_counter()))
                 await asyncio.sleep(pause)
@@ -350,7 +364,8 @@ async def run_burst(host: str, port: int, args: argparse.Namespace) -> dict[str,
     t_start = time.perf_counter() + args.connect_seconds
     until = t_start + args.burst_seconds if args.burst_seconds > 0 else None
     clients = [asyncio.create_task(one_client(
-        host, port, ClientPlan(bodies[c], k, until=until, honor_retry_after=args.honor_retry_after), go,
+        host, port, ClientPlan(bodies[c], k, until=until, honor_retry_after=args.honor_retry_after,
+                                retry_after_ms=not args.retry_after_seconds_only), go,
         deadline_s, out)) for c in range(args.clients)]
     await asyncio.sleep(args.connect_seconds)  # let the connections open first: the burst is the requests
     lag_before = await loop_lag_buckets(host, port)
@@ -480,6 +495,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--burst-seconds", type=float, default=0.0,
                    help="keep every client sending for this long (0: each sends its requests once)")
     p.add_argument("--honor-retry-after", action="store_true", help="a refused client sleeps Retry-After")
+    p.add_argument("--retry-after-seconds-only", action="store_true",
+                   help="refused clients ignore Retry-After-Ms and sleep the whole seconds of Retry-After")
     p.add_argument("--calm-seconds", type=float, default=0.0, help="measure calm throughput first (0: skip)")
     p.add_argument("--calm-clients", type=int, default=4)
     p.add_argument("--max-batch-tokens", type=int, default=2048, help="the server's (for 'one batch' time)")

@@ -185,3 +185,37 @@ class WorkEstimate:
         measured = [(fit.sx, g) for g, fit in self._rates.items() if fit.line() is not None]
         graph = max(measured)[1] if measured else ""
         return self.seconds(graph, real_units)
+
+
+@dataclass
+class RefusalPressure:
+    """Requests refused per request admitted, over the last few seconds: how many clients a Retry-After must
+    spread out. If every refused client of a burst comes back within the backlog's length, they arrive many
+    times faster than the server admits anyone, and the refusals themselves take the cores (1,000 one-sentence
+    clients: ~550 refusals/s for ~55 admissions/s); spreading their retries over `backlog × refused/admitted`
+    brings the returning clients down to about what the server can take."""
+
+    half_life_s: float = 2.0
+    _refused: float = field(default=0.0, init=False)
+    _admitted: float = field(default=0.0, init=False)
+    _at: float = field(default=0.0, init=False)
+
+    def _decay(self, now: float) -> None:
+        factor = 0.5 ** (max(0.0, now - self._at) / self.half_life_s)
+        self._refused *= factor
+        self._admitted *= factor
+        self._at = now
+
+    def refused(self, now: float) -> None:
+        self._decay(now)
+        self._refused += 1
+
+    def admitted(self, now: float) -> None:
+        self._decay(now)
+        self._admitted += 1
+
+    def ratio(self, now: float) -> float:
+        """Refused per admitted (at least 1: with nothing refused a Retry-After spreads over the backlog)."""
+        self._decay(now)
+        return max(1.0, self._refused / max(self._admitted, 1.0))
+

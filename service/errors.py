@@ -120,12 +120,13 @@ class ExplainBudgetError(RequestError):
 
 
 class OverloadError(ServiceError):
-    """The request is fine but cannot be served now; `retry_after_s` becomes the Retry-After header."""
+    """The request is fine but cannot be served now; `retry_after_s` (seconds, not rounded) becomes the
+    Retry-After header (whole seconds, at least 1) and Retry-After-Ms (milliseconds)."""
 
     code = "overloaded"
 
     def __init__(
-        self, message: str, *, retry_after_s: int = 1, param: str | None = None, code: str | None = None
+        self, message: str, *, retry_after_s: float = 1.0, param: str | None = None, code: str | None = None
     ) -> None:
         super().__init__(message, param=param, code=code)
         self.retry_after_s = retry_after_s

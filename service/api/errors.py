@@ -14,6 +14,7 @@ input in `input`.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
@@ -178,12 +179,22 @@ def reply_parts(exc: ServiceError, family: Family = "openai") -> tuple[int, dict
         status = 400  # Cohere answers an invalid value with 400, and its SDK raises BadRequestError for it
     headers: dict[str, str] = {}
     if isinstance(exc, OverloadError) or status in (429, 503):
-        headers["Retry-After"] = str(max(1, int(getattr(exc, "retry_after_s", 1))))
+        headers.update(retry_after_headers(float(getattr(exc, "retry_after_s", 1.0))))
     if isinstance(exc, AuthenticationError):
         headers["WWW-Authenticate"] = "Bearer"
     if isinstance(exc, RequestTimeoutError) or exc.code == "payload_too_large":
         headers["Connection"] = "close"  # the rest of the body was never read: do not reuse this connection
     return status, error_body(message, err_type, exc.param, exc.code, family), headers
+
+
+def retry_after_headers(seconds: float) -> dict[str, str]:
+    """Retry-After in whole seconds (RFC 9110: at least 1 here) and Retry-After-Ms with the estimate unrounded.
+
+    The official openai and cohere SDKs read `retry-after-ms` before `retry-after`. Whole seconds alone make every
+    client refused in one instant come back in one instant a second later, a wave the queue cannot spread: the
+    milliseconds keep the estimate's random spread, so refused clients return spread over time.
+    """
+    return {"Retry-After": str(max(1, math.ceil(seconds))), "Retry-After-Ms": str(max(1, round(seconds * 1000)))}
 
 
 def service_error_response(exc: ServiceError, family: Family = "openai") -> Response:

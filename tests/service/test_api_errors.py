@@ -100,7 +100,12 @@ def test_overload_replies_carry_retry_after() -> None:
     response = service_error_response(QueueFullError("full", retry_after_s=7))
     assert response.status_code == 429
     assert response.headers["retry-after"] == "7"
+    assert response.headers["retry-after-ms"] == "7000"
     assert service_error_response(UnavailableError("draining")).headers["retry-after"] == "1"
+    # An estimate under a second: whole seconds for RFC clients, the milliseconds for SDKs that read them.
+    spread = service_error_response(QueueFullError("full", retry_after_s=0.3724))
+    assert (spread.headers["retry-after"], spread.headers["retry-after-ms"]) == ("1", "372")
+    assert service_error_response(QueueFullError("full", retry_after_s=1.2)).headers["retry-after"] == "2"
 
 
 def test_internal_errors_never_leak_their_message() -> None:

@@ -456,7 +456,7 @@ def test_admission_rejects_fast_when_full_and_slots_return() -> None:
             with pytest.raises(QueueFullError) as info:
                 b.try_admit(2)
             assert time.monotonic() - t0 < 0.005
-            assert info.value.retry_after_s >= 1
+            assert info.value.retry_after_s > 0
             with b.try_admit(1) as admission:  # released unused on exit
                 assert b.queue_depth == 4
                 assert admission.held == 1

@@ -50,7 +50,7 @@ def test_door_refuses_only_when_every_model_would_and_stays_cheap() -> None:
             held.append(b.try_admit(3))
             refusal = door.refusal()
             assert isinstance(refusal, QueueFullError)
-            assert refusal.retry_after_s >= 1
+            assert refusal.retry_after_s > 0
             n = 20_000
             t0 = time.perf_counter()
             for _ in range(n):
