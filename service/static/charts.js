@@ -5,7 +5,7 @@
 // symmetric around 0; probabilities use the explorer's viridis.
 
 import { lut } from "./colormap.js";
-import { FONT, setupCanvas, shorten } from "./heatmap.js";
+import { FONT, drawCellGrid, setupCanvas, shorten } from "./heatmap.js";
 
 // RdBu reversed: -1 blue, 0 near-white, +1 red.
 const RDBU = [
@@ -141,20 +141,7 @@ export function drawGrid(canvas, { values, rowLabels, colLabels, vmax, scale = "
   } else {
     ctx.drawImage(rowsImage(values, cols, vmax), left, top, cols * cell, rows * cellH);
   }
-  if (cell >= 10) {
-    ctx.strokeStyle = "rgba(255,255,255,0.45)";
-    ctx.lineWidth = 1;
-    ctx.beginPath();
-    for (let i = 1; i < cols; i++) {
-      ctx.moveTo(left + i * cell + 0.5, top);
-      ctx.lineTo(left + i * cell + 0.5, top + rows * cellH);
-    }
-    for (let i = 1; i < rows; i++) {
-      ctx.moveTo(left, top + i * cellH + 0.5);
-      ctx.lineTo(left + cols * cell, top + i * cellH + 0.5);
-    }
-    ctx.stroke();
-  }
+  if (cell >= 10) drawCellGrid(ctx, { left, top, cols, rows, cell, cellH, alpha: 0.45 });
   ctx.font = FONT;
   ctx.textBaseline = "middle";
   const rowStep = cellH >= 11 ? 1 : Math.ceil(11 / cellH);

@@ -49,6 +49,22 @@ function matrixImage(values, n, vmin, vmax, colormap) {
  * Layout of a labelled heatmap that fits `width` CSS pixels: where the grid starts and how big a cell is.
  * Computed separately from drawing so hit-testing and drawing agree.
  */
+/** Hairline gaps between cells (cols × rows, each cell × cellH CSS px): they read as a grid without hiding values. */
+export function drawCellGrid(ctx, { left, top, cols, rows, cell, cellH, alpha }) {
+  ctx.strokeStyle = `rgba(255,255,255,${alpha})`;
+  ctx.lineWidth = 1;
+  ctx.beginPath();
+  for (let i = 1; i < cols; i++) {
+    ctx.moveTo(left + i * cell + 0.5, top);
+    ctx.lineTo(left + i * cell + 0.5, top + rows * cellH);
+  }
+  for (let i = 1; i < rows; i++) {
+    ctx.moveTo(left, top + i * cellH + 0.5);
+    ctx.lineTo(left + cols * cell, top + i * cellH + 0.5);
+  }
+  ctx.stroke();
+}
+
 export function layoutMatrix(n, labels, width, { minCell = 4, maxCell = 40 } = {}) {
   const ctx = new OffscreenCanvas(1, 1).getContext("2d");
   ctx.font = FONT;
@@ -74,18 +90,7 @@ export function drawMatrix(canvas, { values, labels, special = [], vmin, vmax, l
   ctx.imageSmoothingEnabled = false;
   ctx.drawImage(matrixImage(values, n, vmin, vmax, colormap), left, top, n * cell, n * cell);
 
-  if (cell >= 10) { // hairline gaps read as a grid without hiding values
-    ctx.strokeStyle = "rgba(255,255,255,0.35)";
-    ctx.lineWidth = 1;
-    ctx.beginPath();
-    for (let i = 1; i < n; i++) {
-      ctx.moveTo(left + i * cell + 0.5, top);
-      ctx.lineTo(left + i * cell + 0.5, top + n * cell);
-      ctx.moveTo(left, top + i * cell + 0.5);
-      ctx.lineTo(left + n * cell, top + i * cell + 0.5);
-    }
-    ctx.stroke();
-  }
+  if (cell >= 10) drawCellGrid(ctx, { left, top, cols: n, rows: n, cell, cellH: cell, alpha: 0.35 });
 
   ctx.font = FONT;
   ctx.textBaseline = "middle";

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -15,7 +16,14 @@ import pytest
 from tests.conftest import REPO
 from tests.server_process import ServerProcess
 
-__all__ = ["MAIN_SERVER_ENV", "REPO", "ServerProcess"]
+__all__ = ["CHROMIUM", "CHROMIUM_ARGS", "MAIN_SERVER_ENV", "REPO", "ServerProcess"]
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]
+
 
 # Limits small enough to hit cheaply in tests; everything else stays at its default.
 MAIN_SERVER_ENV = {
@@ -60,3 +68,15 @@ def server(start_server: Callable[..., ServerProcess]) -> ServerProcess:
 def client(server: ServerProcess) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=server.base_url, timeout=30.0) as c:
         yield c
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    """One headless Chromium (Debian's, driven by Playwright) per browser-test module; those modules skip
+    themselves first where /usr/bin/chromium or playwright is missing."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        chromium = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()

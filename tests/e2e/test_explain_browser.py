@@ -30,8 +30,8 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.e2e.conftest import MAIN_SERVER_ENV, REPO, ServerProcess
-from tests.e2e.test_explorer_browser import CHROMIUM, CHROMIUM_ARGS, STATE_TIMEOUT_MS, attr_json, run
+from tests.e2e.conftest import CHROMIUM, MAIN_SERVER_ENV, REPO, ServerProcess
+from tests.e2e.test_explorer_browser import STATE_TIMEOUT_MS, attr_json, run
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, Page
@@ -88,14 +88,6 @@ def two_models(tiny_artifact_dir: Path, tmp_path_factory: pytest.TempPathFactory
                            EMBED_ATTENTION_BUDGET="10000000", EMBED_INTRA_OP_THREADS="1").wait_ready()
     yield server
     server.stop_and_check()
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_api.sync_playwright() as pw:
-        chromium = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
 
 
 @pytest.fixture

@@ -18,18 +18,13 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.e2e.conftest import MAIN_SERVER_ENV, REPO, ServerProcess
+from tests.e2e.conftest import CHROMIUM, MAIN_SERVER_ENV, REPO, ServerProcess
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, Page
 
 pytestmark = pytest.mark.browser
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-]
 SCREENSHOTS = REPO / "test-artifacts"
 TOLERANCE = 1e-5
 STATE_TIMEOUT_MS = 30_000
@@ -62,14 +57,6 @@ def explorer_server(start_server: Callable[..., ServerProcess], dims: tuple[int,
 def api(explorer_server: ServerProcess) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=explorer_server.base_url, timeout=30.0) as c:
         yield c
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_api.sync_playwright() as pw:
-        chromium = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
 
 
 @pytest.fixture

@@ -9,7 +9,8 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.e2e.test_explorer_browser import CHROMIUM, CHROMIUM_ARGS, attr_json, run
+from tests.e2e.conftest import CHROMIUM, CHROMIUM_ARGS
+from tests.e2e.test_explorer_browser import attr_json, run
 from tests.families.builders import build_checkpoint
 from tests.server_process import ServerProcess
 
